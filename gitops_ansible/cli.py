@@ -1,0 +1,291 @@
+"""The command line: parse, call the library, print. Nothing else lives here."""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from . import __version__
+from . import config as config_mod
+from .report import ExitCode, Reporter, table
+
+CYCLE_FLAGS = ["env", "state_dir", "playbook", "inventory_dir", "vault_password_file", "check",
+               "diff", "limit", "tags", "skip_tags", "lock", "lock_timeout", "timeout",
+               "preflight", "preflight_timeout", "known_hosts", "keep_runs", "json"]
+GIT_FLAGS = ["repo", "ref", "workdir", "ssh_key", "accept_host_key", "git_token_file",
+             "git_token_user", "git_timeout", "keep_checkouts"]
+COMMAND_FLAGS = {
+    "run": CYCLE_FLAGS + GIT_FLAGS + ["splay", "force"],
+    "push": CYCLE_FLAGS + ["path"],
+    "plan": CYCLE_FLAGS + GIT_FLAGS + ["path"],
+    "check-hosts": ["env", "path", "state_dir", "workdir", "inventory_dir", "playbook",
+                    "vault_password_file", "known_hosts", "preflight_timeout", "json"],
+    "status": ["env", "state_dir", "json"],
+    "history": ["env", "state_dir", "json"],
+}
+
+
+def add_setting(parser: argparse.ArgumentParser, name: str) -> None:
+    option = config_mod.SCHEMA[name]
+    flag = "--" + name.replace("_", "-")
+    kwargs = dict(dest=name, default=argparse.SUPPRESS, help=option.help)
+    if option.kind == "bool":
+        parser.add_argument(flag, action="store_true", **kwargs)
+    elif option.kind == "choice":
+        parser.add_argument(flag, choices=option.choices, **kwargs)
+    else:
+        metavar = {"int": "N", "path": "PATH"}.get(option.kind, name.upper())
+        parser.add_argument(flag, metavar=metavar, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gitops-ansible",
+        description="Converge Kubernetes clusters, VMs and bare hosts on a Git repository "
+                    "through Ansible, by pull (cron, timer) or push (CI).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--config", metavar="FILE",
+                        help="TOML settings file (default: $GITOPS_ANSIBLE_CONFIG, "
+                             "else /etc/gitops-ansible/config.toml if present)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    helps = {
+        "run": "one pull cycle (cron, systemd timer): fetch, converge if the revision is new",
+        "push": "converge a local checkout now (CI): same plan, records and exit codes",
+        "plan": "check mode with diff: show per host what would change; change nothing",
+        "check-hosts": "SSH pre-flight: reachability and host keys of every SSH target",
+        "status": "last applied and last good revision per environment",
+        "history": "past runs with per-host outcome; with RUN_ID, one run's hosts and tasks",
+        "install-timer": "write a systemd service+timer pair, or print a crontab line",
+    }
+    subs = {}
+    for name, text in helps.items():
+        subs[name] = commands.add_parser(name, help=text, description=text)
+        subs[name].add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                                help="TOML settings file")
+        for setting in COMMAND_FLAGS.get(name, []):
+            add_setting(subs[name], setting)
+    subs["history"].add_argument("run_id", nargs="?", help="show one run in detail")
+    subs["history"].add_argument("-n", "--count", type=int, default=20, help="runs to show")
+    timer = subs["install-timer"]
+    kind = timer.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--systemd", action="store_true", help="write .service and .timer units")
+    kind.add_argument("--cron", action="store_true", help="print a crontab line")
+    timer.add_argument("--env", required=True, help="environment the timer converges")
+    timer.add_argument("--repo", help="Git URL (else taken from the config file)")
+    timer.add_argument("--ref", help="branch, tag or commit")
+    timer.add_argument("--interval", default="5", help="minutes between cycles: 5, 15m, 1h")
+    timer.add_argument("--randomized-delay", type=int, default=60, metavar="SECONDS",
+                       help="random delay per cycle (RandomizedDelaySec, or --splay for cron)")
+    timer.add_argument("--name", help="unit name (default gitops-ansible-ENV)")
+    timer.add_argument("--user", help="systemd: run as this user")
+    timer.add_argument("--output-dir", default="/etc/systemd/system", help="where units go")
+    timer.add_argument("--log-file", help="cron: append output here")
+    timer.add_argument("run_args", nargs="*", help="more `run` flags, after --")
+    return parser
+
+
+def load_settings(args) -> config_mod.Settings:
+    flags = {k: v for k, v in vars(args).items() if k in config_mod.SCHEMA}
+    return config_mod.load(flags, getattr(args, "config", None))
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "install-timer":
+            return cmd_install_timer(args)
+        settings = load_settings(args)
+        handler = {"run": cmd_cycle, "push": cmd_cycle, "plan": cmd_cycle,
+                   "check-hosts": cmd_check_hosts, "status": cmd_status,
+                   "history": cmd_history}[args.command]
+        return handler(args, settings)
+    except config_mod.ConfigError as exc:
+        print(f"gitops-ansible: config error: {exc}", file=sys.stderr)
+        return ExitCode.REFUSED
+
+
+def cmd_cycle(args, settings) -> int:
+    from .reconcile import cycle
+
+    mode = {"run": "pull", "push": "push", "plan": "plan"}[args.command]
+    cancel = threading.Event()
+
+    def stop(signum, _frame):
+        print(f"gitops-ansible: {signal.Signals(signum).name}: cancelling the run",
+              file=sys.stderr)
+        cancel.set()
+        signal.signal(signum, signal.SIG_DFL)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+    reporter = Reporter(settings.json, show_diff=settings.diff or mode == "plan")
+    result = cycle(settings, mode, reporter, cancel=cancel)
+    if settings.json:
+        reporter.emit("cycle_result", **result.as_dict())
+    return int(result.exit_code)
+
+
+def _checkout_for(settings) -> Path:
+    """The checkout to inspect: --path if given, else the pull checkout in use, else '.'."""
+    from . import source
+
+    if settings.sources.get("path", "default") == "default" and settings.env:
+        current = source.current(settings)
+        if current:
+            return current[1]
+    return Path(settings.path).expanduser().resolve()
+
+
+def cmd_check_hosts(args, settings) -> int:
+    from . import inventory
+    from .preflight import check_hosts
+
+    settings.require("env")
+    checkout = _checkout_for(settings)
+    try:
+        inv = inventory.load(checkout, settings)
+    except inventory.Refused as exc:
+        for problem in exc.problems:
+            print(f"refused: {problem}", file=sys.stderr)
+        return ExitCode.REFUSED
+    checks = check_hosts(inv, settings)
+    if settings.json:
+        print(json.dumps([vars(c) for c in checks], indent=2))
+    else:
+        print(table(("HOST", "ADDRESS", "STATUS", "SECONDS", "DETAIL"),
+                    [(c.host, f"{c.address}:{c.port}", c.status, f"{c.seconds:.2f}", c.detail)
+                     for c in checks]), end="")
+    return ExitCode.OK if all(c.ok for c in checks) else ExitCode.FAILED
+
+
+def _when(timestamp) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else "-"
+
+
+def _short(revision) -> str:
+    return revision[:12] if revision else "-"
+
+
+def _open_store(settings):
+    from .store import Store
+
+    return Store(settings.state_path / "runs.db")
+
+
+def cmd_status(args, settings) -> int:
+    store = _open_store(settings)
+    envs = [e for e in store.environments() if not settings.env or e["env"] == settings.env]
+    for env in envs:
+        last = store.runs(env["env"], 1)
+        env["last_run"] = last[0] if last else None
+    store.close()
+    if settings.json:
+        print(json.dumps(envs, indent=2, default=str))
+        return ExitCode.OK
+    if not envs:
+        print("no runs recorded yet")
+        return ExitCode.OK
+    rows = []
+    for env in envs:
+        last = env["last_run"] or {}
+        rows.append((env["env"], _short(env.get("applied_revision")), _when(env.get("applied_at")),
+                     _short(env.get("good_revision")), _when(env.get("checked_at")),
+                     f"{last.get('status', '-')} ({last.get('id', '-')})",
+                     _problem(env)))
+    print(table(("ENV", "APPLIED", "APPLIED AT", "LAST GOOD", "LAST CHECK", "LAST RUN", "ATTENTION"),
+                rows), end="")
+    return ExitCode.OK
+
+
+def _problem(env: dict) -> str:
+    notes = []
+    if env.get("refused_revision"):
+        notes.append(f"revision {_short(env['refused_revision'])} refused")
+    if env.get("fetch_error"):
+        notes.append(f"fetch failing since {_when(env.get('fetch_error_at'))}")
+    if env.get("applied_revision") and env.get("applied_revision") != env.get("good_revision"):
+        notes.append("applied revision has failed hosts")
+    return "; ".join(notes) or "-"
+
+
+def cmd_history(args, settings) -> int:
+    store = _open_store(settings)
+    try:
+        if args.run_id:
+            return _show_run(store, args.run_id, settings.json)
+        runs = store.runs(settings.env, args.count)
+        for run in runs:
+            run["hosts"] = {h["host"]: h["outcome"] for h in store.host_results(run["id"])}
+    finally:
+        store.close()
+    if settings.json:
+        print(json.dumps(runs, indent=2, default=str))
+        return ExitCode.OK
+    rows = []
+    for run in runs:
+        took = f"{run['finished_at'] - run['started_at']:.1f}s" if run["finished_at"] else "-"
+        hosts = " ".join(f"{h}:{o}" for h, o in run["hosts"].items()) or "-"
+        mode = run["mode"] + (" (check)" if run["check_mode"] and run["mode"] != "plan" else "")
+        rows.append((run["id"], run["env"], mode, run["trigger"], _short(run["revision"]),
+                     run["status"], str(run["exit_code"] if run["exit_code"] is not None else "-"),
+                     took, hosts))
+    print(table(("RUN", "ENV", "MODE", "TRIGGER", "REVISION", "STATUS", "EXIT", "DURATION",
+                 "HOSTS"), rows), end="")
+    return ExitCode.OK
+
+
+def _show_run(store, run_id: str, as_json: bool) -> int:
+    run = store.run(run_id)
+    if run is None:
+        print(f"gitops-ansible: no run {run_id}", file=sys.stderr)
+        return ExitCode.REFUSED
+    run["hosts"] = store.host_results(run_id)
+    run["tasks"] = store.task_results(run_id)
+    if as_json:
+        print(json.dumps(run, indent=2, default=str))
+        return ExitCode.OK
+    for key in ("id", "env", "mode", "trigger", "ref", "revision", "status", "exit_code",
+                "message", "artifacts"):
+        print(f"{key + ':':<11}{run[key] if run[key] is not None else '-'}")
+    print(f"{'started:':<11}{_when(run['started_at'])}  finished: {_when(run['finished_at'])}")
+    if run["hosts"]:
+        print(table(("HOST", "PLATFORM", "OUTCOME", "OK", "CHANGED", "FAILED", "UNREACHABLE",
+                     "MESSAGE"),
+                    [(h["host"], h["platform"] or "-", h["outcome"], h["ok"], h["changed"],
+                     h["failed"], h["unreachable"], h["message"] or "") for h in run["hosts"]]),
+              end="")
+    changed = [t for t in run["tasks"] if t["status"] in ("changed", "failed", "unreachable")]
+    for task in changed:
+        print(f"  {task['host']:<20} {task['status']:<11} {task['task']}"
+              + (f"  {task['message']}" if task["message"] else ""))
+    return ExitCode.OK
+
+
+def cmd_install_timer(args) -> int:
+    from . import schedule
+
+    try:
+        minutes = schedule.parse_interval(args.interval)
+        command = schedule.run_command(args.env, args.repo, args.ref, args.config,
+                                       args.run_args)
+        plan = schedule.Schedule(args.env, command, minutes, args.randomized_delay,
+                                 args.name, args.user)
+        if args.cron:
+            print(schedule.cron_line(plan, args.log_file))
+            return ExitCode.OK
+        paths = schedule.write_systemd(plan, Path(args.output_dir))
+    except (schedule.ScheduleError, OSError) as exc:
+        print(f"gitops-ansible: install-timer: {exc}", file=sys.stderr)
+        return ExitCode.REFUSED
+    for path in paths:
+        print(f"wrote {path}")
+    print(f"enable with: systemctl daemon-reload && systemctl enable --now {plan.unit}.timer")
+    return ExitCode.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Typed settings, layered: defaults < config file < environment < flags.
+
+One schema (``SCHEMA``) describes every setting; each layer is checked against it, and
+a wrong key or value is a ``ConfigError`` that names where it came from (the file, the
+environment variable or the flag), the key, and what is allowed.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV_PREFIX = "GITOPS_ANSIBLE_"
+# Environment variables with the prefix that are not settings.
+ENV_SPECIAL = {"GITOPS_ANSIBLE_CONFIG", "GITOPS_ANSIBLE_GIT_TOKEN"}
+DEFAULT_CONFIG = Path("/etc/gitops-ansible/config.toml")
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used; the message names source, key and what is allowed."""
+
+    def __init__(self, source: str, key: str, expected: str, got=None):
+        self.source, self.key = source, key
+        got_text = "" if got is None else f", got {got!r}"
+        super().__init__(f"{source}: key '{key}': expected {expected}{got_text}")
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    kind: str  # str | int | bool | path | choice
+    default: object
+    help: str
+    choices: tuple = ()
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return "one of " + ", ".join(self.choices)
+        return {"int": "an integer >= 0", "bool": "true or false",
+                "path": "a file system path", "str": "a string"}[self.kind]
+
+    def convert(self, value, source: str):
+        """Value from TOML, environment (str) or flags, checked and converted."""
+        if value is None:
+            return None
+        if self.kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+        elif self.kind == "int":
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                return value
+            if isinstance(value, str) and value.strip().isdigit():
+                return int(value)
+        elif self.kind == "choice":
+            if value in self.choices:
+                return value
+        elif isinstance(value, str) and (value or self.kind == "str"):
+            return value
+        raise ConfigError(source, self.name, self.describe(), value)
+
+
+def _default_state_dir() -> str:
+    if os.geteuid() == 0:
+        return "/var/lib/gitops-ansible"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "gitops-ansible")
+
+
+SCHEMA = {o.name: o for o in [
+    Option("repo", "str", None, "Git URL to pull from: file://, git://, ssh://, https:// (or a local path)"),
+    Option("ref", "str", "HEAD", "branch, tag or commit to converge (HEAD: the remote's default branch)"),
+    Option("env", "str", None, "environment: a directory under the inventory root"),
+    Option("path", "path", ".", "push/plan: the local checkout to converge"),
+    Option("state_dir", "path", None, "run store, locks and artifacts"),
+    Option("workdir", "path", None, "Git mirror and checkouts (default: STATE_DIR/work)"),
+    Option("playbook", "path", "playbooks/site.yml", "entry playbook, relative to the repository"),
+    Option("inventory_dir", "path", "inventories", "directory holding one inventory per environment"),
+    Option("vault_password_file", "path", None, "ansible-vault password file (relative: to the checkout)"),
+    Option("splay", "int", 0, "sleep a random 0..N seconds before the cycle (spreads cron fleets)"),
+    Option("check", "bool", False, "check mode: report what would change, change nothing"),
+    Option("diff", "bool", False, "show differences of changed files and templates"),
+    Option("limit", "str", None, "Ansible host pattern to limit the run to"),
+    Option("tags", "str", None, "only run tasks with these tags (comma separated)"),
+    Option("skip_tags", "str", None, "skip tasks with these tags (comma separated)"),
+    Option("force", "bool", False, "converge even if the revision is already applied; if the fetch "
+                                   "fails, converge the last good checkout (ansible-pull -f)"),
+    Option("lock", "choice", "wait", "when another cycle holds the environment's lock", ("wait", "fail")),
+    Option("lock_timeout", "int", 3600, "seconds to wait for the lock (lock = wait)"),
+    Option("timeout", "int", 0, "cancel the Ansible run after N seconds (0: no limit)"),
+    Option("preflight", "choice", "skip", "SSH pre-flight before converging: off, report failing hosts, "
+                                          "or skip them", ("off", "report", "skip")),
+    Option("preflight_timeout", "int", 5, "seconds to wait for each host in the pre-flight"),
+    Option("known_hosts", "path", None, "known_hosts for Git over SSH and the pre-flight "
+                                        "(default ~/.ssh/known_hosts)"),
+    Option("ssh_key", "path", None, "private key for Git over SSH"),
+    Option("accept_host_key", "bool", False, "Git over SSH: accept and remember an unknown host key"),
+    Option("git_token_file", "path", None, "file holding an HTTPS token for Git (or set GITOPS_ANSIBLE_GIT_TOKEN)"),
+    Option("git_token_user", "str", "x-access-token", "user name sent with the HTTPS token"),
+    Option("git_timeout", "int", 60, "seconds allowed for one Git operation"),
+    Option("keep_runs", "int", 20, "artifact directories kept per environment"),
+    Option("keep_checkouts", "int", 3, "checkouts kept per environment (besides the last good one)"),
+    Option("json", "bool", False, "structured JSON lines on stdout instead of progress for a person"),
+]}
+
+
+@dataclass
+class Settings:
+    values: dict = field(default_factory=dict)
+    sources: dict = field(default_factory=dict)  # key -> where the value came from
+
+    def __getattr__(self, name):
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.values["state_dir"] or _default_state_dir()).expanduser()
+
+    @property
+    def work_path(self) -> Path:
+        work = self.values["workdir"]
+        return Path(work).expanduser() if work else self.state_path / "work"
+
+    def require(self, *keys: str) -> None:
+        for key in keys:
+            if not self.values.get(key):
+                raise ConfigError("settings", key, f"a value (flag --{key.replace('_', '-')}, "
+                                  f"environment {ENV_PREFIX}{key.upper()} or the config file)")
+
+    def git_token(self) -> str | None:
+        token = os.environ.get("GITOPS_ANSIBLE_GIT_TOKEN")
+        if token:
+            return token.strip()
+        if self.values.get("git_token_file"):
+            path = Path(self.values["git_token_file"]).expanduser()
+            try:
+                return path.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(self.sources.get("git_token_file", "settings"), "git_token_file",
+                                  "a readable file", f"{path}: {exc.strerror}") from None
+        return None
+
+
+def _apply(values: dict, sources: dict, layer: dict, source: str) -> None:
+    for key, raw in layer.items():
+        option = SCHEMA.get(key)
+        if option is None:
+            raise ConfigError(source, key, "a known setting (" + ", ".join(sorted(SCHEMA)) + ")")
+        converted = option.convert(raw, source)
+        if converted is not None:
+            values[key] = converted
+            sources[key] = source
+
+
+def read_file(path: Path) -> dict:
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(str(path), "-", "a readable TOML file", exc.strerror) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), "-", "valid TOML", str(exc)) from None
+    for key, value in data.items():
+        if isinstance(value, dict):
+            raise ConfigError(str(path), key, "a plain value (tables are not settings)")
+    return data
+
+
+def from_environ(environ) -> dict:
+    layer = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in ENV_SPECIAL:
+            continue
+        key = name[len(ENV_PREFIX):].lower()
+        if key not in SCHEMA:
+            raise ConfigError(f"environment variable {name}", key,
+                              "a known setting (" + ", ".join(sorted(SCHEMA)) + ")")
+        layer[key] = value
+    return layer
+
+
+def load(flags: dict | None = None, config_path: str | None = None, environ=None) -> Settings:
+    """Settings from defaults, then the config file, then the environment, then flags."""
+    environ = os.environ if environ is None else environ
+    values = {name: option.default for name, option in SCHEMA.items()}
+    sources = {name: "default" for name in SCHEMA}
+    path = config_path or environ.get("GITOPS_ANSIBLE_CONFIG")
+    if path:
+        _apply(values, sources, read_file(Path(path)), str(path))
+    elif DEFAULT_CONFIG.is_file():
+        _apply(values, sources, read_file(DEFAULT_CONFIG), str(DEFAULT_CONFIG))
+    for key, raw in from_environ(environ).items():
+        _apply(values, sources, {key: raw}, f"environment variable {ENV_PREFIX}{key.upper()}")
+    for key, raw in (flags or {}).items():
+        _apply(values, sources, {key: raw}, f"flag --{key.replace('_', '-')}")
+    return Settings(values, sources)

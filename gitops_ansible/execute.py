@@ -1,0 +1,150 @@
+"""Run a plan through ansible-runner and turn its event stream into per-host, per-task results.
+
+One private data directory per run. Every event passes through ``Execution.handle``
+as it arrives: secrets are scrubbed from it before ansible-runner writes it to the
+artifacts, the listener gets a ``TaskResult`` (progress for a person, JSON for machines),
+and the final ``playbook_on_stats`` event gives the per-host totals.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .report import Redactor
+from .store import HostResult, TaskResult
+
+RESULT_EVENTS = {"runner_on_ok": "ok", "runner_on_failed": "failed",
+                 "runner_on_unreachable": "unreachable", "runner_on_skipped": "skipped"}
+
+
+@dataclass
+class Outcome:
+    status: str  # successful | failed | timeout | canceled | error
+    rc: int
+    hosts: dict[str, HostResult] = field(default_factory=dict)
+    tasks: list[TaskResult] = field(default_factory=list)
+    message: str | None = None
+    artifacts: Path | None = None
+
+
+class Execution:
+    """The event stream of one run, folded into results as it arrives."""
+
+    def __init__(self, plan, redactor: Redactor, listener=None):
+        self.plan, self.redactor, self.listener = plan, redactor, listener
+        self.platform_of = {h: p for p, hosts in plan.platforms.items() for h in hosts}
+        self.tasks: list[TaskResult] = []
+        self.stats: dict | None = None
+        self.cancel = threading.Event()
+
+    def handle(self, event: dict) -> bool:
+        self.redactor.scrub_event(event)
+        name, data = event.get("event"), event.get("event_data") or {}
+        if name == "playbook_on_task_start" and self.listener:
+            self.listener.task_start(data.get("task", ""), data.get("role"))
+        elif name in RESULT_EVENTS:
+            self._result(RESULT_EVENTS[name], data)
+        elif name == "playbook_on_stats":
+            self.stats = data
+        return True  # keep the (scrubbed) event in the artifacts
+
+    def _result(self, status: str, data: dict) -> None:
+        res = data.get("res") if isinstance(data.get("res"), dict) else {}
+        if status == "ok" and res.get("changed"):
+            status = "changed"
+        if status == "failed" and data.get("ignore_errors"):
+            status = "ok"
+        message = None
+        if status in ("failed", "unreachable"):
+            message = res.get("msg") or res.get("stderr") or res.get("reason")
+            message = str(message).strip().splitlines()[-1][:500] if message else status
+        result = TaskResult(host=data.get("host", "?"), task=data.get("task", ""),
+                            role=data.get("role"), status=status,
+                            duration=data.get("duration"), message=message)
+        self.tasks.append(result)
+        if self.listener:
+            self.listener.task_result(result, res.get("diff") if status == "changed" else None)
+
+    def host_results(self) -> dict[str, HostResult]:
+        stats = self.stats or {}
+
+        def count(key: str, host: str) -> int:
+            return (stats.get(key) or {}).get(host, 0)
+
+        names = {t.host for t in self.tasks}
+        for key in ("ok", "changed", "failures", "dark", "skipped", "processed"):
+            names |= set(stats.get(key) or {})
+        hosts = {}
+        for host in sorted(names):
+            bad = [t for t in self.tasks if t.host == host and t.status in ("failed", "unreachable")]
+            hosts[host] = HostResult(
+                host=host, platform=self.platform_of.get(host), ok=count("ok", host),
+                changed=count("changed", host), failed=count("failures", host),
+                unreachable=count("dark", host), skipped=count("skipped", host),
+                message=f"{bad[-1].task}: {bad[-1].message}" if bad else None)
+        return hosts
+
+
+def runner_env(plan) -> dict:
+    """Environment for ansible-playbook: this interpreter's bin first (see DESIGN traps)."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = {"PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+           "ANSIBLE_RETRY_FILES_ENABLED": "False", "ANSIBLE_NOCOLOR": "True",
+           "ANSIBLE_FORCE_COLOR": "False"}
+    config = plan.checkout / "ansible.cfg"
+    if config.is_file():
+        env["ANSIBLE_CONFIG"] = str(config)
+    else:  # the repository layout: roles/ beside playbooks/
+        env["ANSIBLE_ROLES_PATH"] = str(plan.checkout / "roles")
+    return env
+
+
+def cmdline(plan) -> str:
+    args = []
+    if plan.check:
+        args.append("--check")
+    if plan.diff:
+        args.append("--diff")
+    if plan.vault_password_file:
+        args += ["--vault-password-file", str(plan.vault_password_file)]
+    return " ".join(args)
+
+
+def execute(plan, run_id: str, private_dir: Path, redactor: Redactor, listener=None,
+            cancel: threading.Event | None = None) -> Outcome:
+    import ansible_runner  # imported only when there is a playbook to run
+
+    execution = Execution(plan, redactor, listener)
+    cancel = cancel or execution.cancel
+    private_dir.mkdir(parents=True, exist_ok=True)
+    kwargs = dict(private_data_dir=str(private_dir), project_dir=str(plan.checkout),
+                  playbook=plan.playbook, inventory=str(plan.inventory), ident=run_id,
+                  envvars=runner_env(plan), cmdline=cmdline(plan) or None, quiet=True,
+                  event_handler=execution.handle, cancel_callback=cancel.is_set,
+                  limit=plan.effective_limit(), tags=plan.tags, skip_tags=plan.skip_tags)
+    if plan.timeout:
+        kwargs["timeout"] = plan.timeout
+    runner = ansible_runner.run(**{k: v for k, v in kwargs.items() if v is not None})
+    artifacts = Path(runner.config.artifact_dir)
+    redactor.scrub_tree(artifacts)
+    outcome = Outcome(status=runner.status, rc=runner.rc if runner.rc is not None else -1,
+                      hosts=execution.host_results(), tasks=execution.tasks, artifacts=artifacts)
+    if runner.status in ("timeout", "canceled"):
+        outcome.message = (f"cancelled after the {plan.timeout}s timeout" if runner.status ==
+                           "timeout" else "cancelled")
+    elif execution.stats is None:
+        outcome.status = "error"
+        outcome.message = redactor.scrub(_tail(artifacts / "stdout")) or \
+            f"ansible-playbook ended with rc {runner.rc} and no results"
+    return outcome
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text[-lines:] if line.strip())

@@ -1,0 +1,88 @@
+"""What to run for this revision.
+
+``decide`` is the cheap question asked on every pull cycle, before anything heavy is
+imported: is there work? ``build`` turns a validated inventory into the plan that
+``execute`` runs: the playbook, the inventory, limit, tags, check/diff, and the hosts the
+pre-flight removed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Decision:
+    converge: bool
+    reason: str
+
+
+def decide(state: dict, revision: str, force: bool = False, check: bool = False) -> Decision:
+    """Converge unless this revision is applied already and its last converge had no failures.
+
+    A revision whose converge left failed or unreachable hosts is retried by the next
+    cycle; a revision that was refused stays refused until a new commit or ``--force``.
+    """
+    applied, good = state.get("applied_revision"), state.get("good_revision")
+    if force:
+        return Decision(True, "forced")
+    if check:
+        return Decision(True, "check mode")
+    if revision == state.get("refused_revision"):
+        return Decision(False, "refused")
+    if applied is None:
+        return Decision(True, "first converge of this environment")
+    if revision != applied:
+        return Decision(True, f"new revision (applied: {applied[:12]})")
+    if good != applied:
+        return Decision(True, "retry: the last converge of this revision had failures")
+    return Decision(False, "already applied")
+
+
+@dataclass
+class Plan:
+    env: str
+    revision: str
+    checkout: Path
+    playbook: str
+    inventory: Path
+    platforms: dict[str, list[str]]
+    limit: str | None = None
+    tags: str | None = None
+    skip_tags: str | None = None
+    check: bool = False
+    diff: bool = False
+    vault_password_file: Path | None = None
+    timeout: int = 0
+    excluded: dict[str, str] = field(default_factory=dict)  # host -> why (pre-flight)
+    secrets: set[str] = field(default_factory=set)
+
+    @property
+    def hosts(self) -> list[str]:
+        return sorted(h for hosts in self.platforms.values() for h in hosts)
+
+    def effective_limit(self) -> str | None:
+        """The user's limit, minus the hosts the pre-flight excluded."""
+        if not self.excluded:
+            return self.limit
+        parts = [self.limit or "all"] + [f"!{host}" for host in sorted(self.excluded)]
+        return ":".join(parts)
+
+    def describe(self) -> dict:
+        return {"env": self.env, "revision": self.revision, "playbook": self.playbook,
+                "platforms": self.platforms, "limit": self.effective_limit(), "tags": self.tags,
+                "skip_tags": self.skip_tags, "check": self.check, "diff": self.diff,
+                "excluded": self.excluded}
+
+
+def build(settings, inventory, checkout: Path, revision: str, check: bool) -> Plan:
+    password = None
+    if settings.vault_password_file:
+        password = Path(settings.vault_password_file).expanduser()
+        password = password if password.is_absolute() else checkout / password
+    return Plan(env=settings.env, revision=revision, checkout=checkout,
+                playbook=settings.playbook, inventory=inventory.path,
+                platforms=inventory.by_platform(), limit=settings.limit, tags=settings.tags,
+                skip_tags=settings.skip_tags, check=check, diff=settings.diff or check,
+                vault_password_file=password, timeout=settings.timeout,
+                secrets=set(inventory.secrets))

@@ -1,0 +1,186 @@
+"""Git: resolve the ref to a revision, fetch it, materialise it, switch to it atomically.
+
+Layout under the work directory, per environment::
+
+    ENV/mirror.git         bare repository: fetches land here
+    ENV/checkouts/SHA/     one exported tree per revision (no .git inside)
+    ENV/current -> checkouts/SHA   the revision in use, switched with an atomic rename
+
+``resolve`` is the cheap question asked on every cycle (``git ls-remote``, no heavy
+imports); ``materialise`` runs only when there is work. A failed fetch leaves
+``current`` as it was.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+class SourceError(Exception):
+    """Git could not be reached or the ref does not exist."""
+
+
+def redact_url(url: str) -> str:
+    """Hide credentials embedded in a URL (https://user:token@host/...)."""
+    return re.sub(r"(?<=://)[^/@\s]+@", "***@", url)
+
+
+def git_env(settings) -> dict:
+    """Environment for git: SSH key and known_hosts, HTTPS token (never on the command line)."""
+    env = dict(os.environ, GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="true", LC_ALL="C")
+    ssh = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+    if settings.ssh_key:
+        ssh += ["-i", str(Path(settings.ssh_key).expanduser()), "-o", "IdentitiesOnly=yes"]
+    if settings.known_hosts:
+        ssh += ["-o", f"UserKnownHostsFile={Path(settings.known_hosts).expanduser()}"]
+    ssh += ["-o", "StrictHostKeyChecking=" + ("accept-new" if settings.accept_host_key else "yes")]
+    env["GIT_SSH_COMMAND"] = shlex.join(ssh)
+    token = settings.git_token()
+    if token:
+        basic = base64.b64encode(f"{settings.git_token_user}:{token}".encode()).decode()
+        env.update(GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="http.extraHeader",
+                   GIT_CONFIG_VALUE_0=f"Authorization: Basic {basic}")
+    return env
+
+
+def _git(args: list[str], settings, cwd: Path | None = None) -> str:
+    try:
+        done = subprocess.run(["git", *args], cwd=cwd, env=git_env(settings), capture_output=True,
+                              text=True, timeout=settings.git_timeout)
+    except subprocess.TimeoutExpired:
+        raise SourceError(f"git {args[0]} timed out after {settings.git_timeout}s") from None
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        detail = lines[-1] if lines else f"exit code {done.returncode}"
+        raise SourceError(f"git {args[0]} {redact_url(settings.repo or '')}: {redact_url(detail)}")
+    return done.stdout
+
+
+def resolve(settings) -> str:
+    """The commit that ``settings.ref`` names on the remote, without fetching objects."""
+    ref = settings.ref
+    if SHA_RE.match(ref):
+        return ref
+    output = _git(["ls-remote", "--", settings.repo, ref, f"{ref}^{{}}"], settings)
+    refs = {}
+    for line in output.splitlines():
+        sha, _, name = line.partition("\t")
+        refs[name] = sha
+    for name in (ref, f"refs/heads/{ref}", f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}"):
+        if name in refs:
+            return refs[name]
+    if len(refs) == 1:
+        return next(iter(refs.values()))
+    raise SourceError(f"ref '{ref}' not found in {redact_url(settings.repo)}")
+
+
+def env_dir(settings) -> Path:
+    return settings.work_path / settings.env
+
+
+def checkout_path(settings, revision: str) -> Path:
+    return env_dir(settings) / "checkouts" / revision
+
+
+def current(settings) -> tuple[str, Path] | None:
+    """The revision in use and its checkout, if any."""
+    link = env_dir(settings) / "current"
+    if not link.is_symlink():
+        return None
+    target = link.resolve()
+    return (target.name, target) if target.is_dir() else None
+
+
+def fetch(settings, revision: str) -> str:
+    """Fetch the ref into the mirror; return the fetched commit (normally ``revision``)."""
+    import git  # GitPython: only on the path where there is work to do
+
+    mirror = env_dir(settings) / "mirror.git"
+    if not (mirror / "HEAD").exists():
+        mirror.parent.mkdir(parents=True, exist_ok=True)
+        git.Repo.init(mirror, bare=True)
+    if SHA_RE.match(settings.ref):
+        spec = "+refs/heads/*:refs/remotes/origin/*"
+        _git(["fetch", "--quiet", "--no-tags", "--", settings.repo, spec], settings, cwd=mirror)
+        target = settings.ref
+    else:
+        _git(["fetch", "--quiet", "--no-tags", "--", settings.repo,
+              f"+{settings.ref}:refs/gitops/target"], settings, cwd=mirror)
+        target = "refs/gitops/target"
+    repo = git.Repo(mirror)
+    try:
+        fetched = repo.commit(target).hexsha
+    except (ValueError, git.BadName) as exc:
+        raise SourceError(f"revision {target} not found after fetch: {exc}") from None
+    if SHA_RE.match(settings.ref) or fetched != revision:
+        # The ref moved between ls-remote and fetch: converge what was fetched.
+        return fetched
+    return revision
+
+
+def export(settings, revision: str) -> Path:
+    """An exported tree of ``revision`` under checkouts/ (reused when it exists)."""
+    import git
+
+    dest = checkout_path(settings, revision)
+    if dest.is_dir():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    repo = git.Repo(env_dir(settings) / "mirror.git")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{revision[:12]}-", dir=dest.parent))
+    try:
+        with tempfile.TemporaryFile() as archive:
+            repo.archive(archive, revision, format="tar")
+            archive.seek(0)
+            with tarfile.open(fileobj=archive) as tar:
+                tar.extractall(tmp, filter="tar")
+        tmp.rename(dest)
+    except Exception:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def switch(settings, revision: str) -> None:
+    """Point ``current`` at the checkout of ``revision`` with one atomic rename."""
+    base = env_dir(settings)
+    tmp = base / f".current-{os.getpid()}"
+    if tmp.is_symlink():
+        tmp.unlink()
+    tmp.symlink_to(Path("checkouts") / revision)
+    os.replace(tmp, base / "current")
+
+
+def prune_checkouts(settings, keep: int, protect: set[str]) -> None:
+    """Remove old checkouts, keeping the newest ``keep`` and every protected revision."""
+    base = env_dir(settings) / "checkouts"
+    if not base.is_dir():
+        return
+    dirs = sorted((p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                  key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in dirs[keep:]:
+        if path.name not in protect:
+            shutil.rmtree(path, ignore_errors=True)
+    for path in base.glob(".*-*"):  # exports a killed process left half done
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def local_revision(path: Path) -> str:
+    """Revision of a local checkout (push mode); ``+dirty`` when it has local changes."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True)
+
+    head = git("rev-parse", "HEAD")
+    if head.returncode != 0:
+        return "local"
+    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    return head.stdout.strip() + ("+dirty" if dirty else "")

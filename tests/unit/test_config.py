@@ -1,0 +1,72 @@
+"""Settings: defaults < file < environment < flags, one schema, errors name source and key."""
+import pytest
+
+from gitops_ansible import config
+
+
+def write(tmp_path, text):
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_precedence_file_then_environment_then_flags(tmp_path):
+    path = write(tmp_path, 'env = "dev"\nsplay = 30\nref = "release"\n')
+    environ = {"GITOPS_ANSIBLE_SPLAY": "45", "GITOPS_ANSIBLE_LIMIT": "web"}
+    settings = config.load({"limit": "db"}, path, environ)
+    assert settings.env == "dev" and settings.sources["env"] == path
+    assert settings.splay == 45 and "GITOPS_ANSIBLE_SPLAY" in settings.sources["splay"]
+    assert settings.limit == "db" and settings.sources["limit"] == "flag --limit"
+    assert settings.ref == "release"
+    assert settings.lock == "wait" and settings.sources["lock"] == "default"
+
+
+def test_unknown_key_in_file_names_file_and_key(tmp_path):
+    path = write(tmp_path, 'env = "dev"\nsplya = 3\n')
+    with pytest.raises(config.ConfigError) as err:
+        config.load({}, path, {})
+    assert str(err.value).startswith(f"{path}: key 'splya': expected a known setting")
+
+
+def test_wrong_value_in_file_says_what_is_allowed(tmp_path):
+    path = write(tmp_path, 'lock = "forever"\n')
+    with pytest.raises(config.ConfigError) as err:
+        config.load({}, path, {})
+    assert str(err.value) == f"{path}: key 'lock': expected one of wait, fail, got 'forever'"
+
+
+def test_wrong_type_from_environment_names_the_variable():
+    with pytest.raises(config.ConfigError) as err:
+        config.load({}, None, {"GITOPS_ANSIBLE_SPLAY": "soon"})
+    assert "environment variable GITOPS_ANSIBLE_SPLAY: key 'splay': expected an integer" \
+        in str(err.value)
+
+
+def test_unknown_environment_variable_is_an_error_not_ignored():
+    with pytest.raises(config.ConfigError) as err:
+        config.load({}, None, {"GITOPS_ANSIBLE_REFF": "main"})
+    assert "GITOPS_ANSIBLE_REFF" in str(err.value)
+
+
+def test_invalid_toml_names_the_file(tmp_path):
+    path = write(tmp_path, 'env = "dev\n')
+    with pytest.raises(config.ConfigError) as err:
+        config.load({}, path, {})
+    assert path in str(err.value) and "valid TOML" in str(err.value)
+
+
+def test_config_file_from_environment_variable(tmp_path):
+    path = write(tmp_path, 'env = "staging"\n')
+    settings = config.load({}, None, {"GITOPS_ANSIBLE_CONFIG": path})
+    assert settings.env == "staging"
+
+
+def test_token_from_environment_wins_over_file(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    settings = config.load({"git_token_file": str(token_file)}, None, {})
+    assert settings.git_token() == "from-file"
+    missing = config.load({"git_token_file": str(tmp_path / "nope")}, None, {})
+    with pytest.raises(config.ConfigError) as err:
+        missing.git_token()
+    assert "git_token_file" in str(err.value)

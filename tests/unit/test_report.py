@@ -1,0 +1,26 @@
+"""Redaction of secrets in text, events and artifact files; exit codes; diff rendering."""
+from gitops_ansible.report import MASK, ExitCode, Redactor, render_diff
+
+
+def test_redactor_scrubs_nested_events_and_files(tmp_path):
+    redactor = Redactor({"s3cr3t-value", "xy"})  # too short values are ignored
+    event = {"stdout": "password is s3cr3t-value", "event_data": {"res": {
+        "diff": [{"after": "key=s3cr3t-value\n"}], "list": ["s3cr3t-value"]}}}
+    redactor.scrub_event(event)
+    assert "s3cr3t-value" not in str(event) and MASK in event["stdout"]
+    artifact = tmp_path / "job_events" / "1.json"
+    artifact.parent.mkdir()
+    artifact.write_text('{"x": "s3cr3t-value"}')
+    redactor.scrub_tree(tmp_path)
+    assert "s3cr3t-value" not in artifact.read_text()
+    assert redactor.scrub("xy stays") == "xy stays"
+
+
+def test_exit_codes_are_distinct_and_stable():
+    assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 4, 5, 6]
+
+
+def test_render_diff_shows_changed_lines():
+    text = render_diff([{"before": "a\nb\n", "after": "a\nc\n", "before_header": "/etc/x",
+                         "after_header": "/etc/x"}])
+    assert "-b" in text and "+c" in text and "/etc/x" in text
