@@ -8,8 +8,10 @@ and the final ``playbook_on_stats`` event gives the per-host totals.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,7 +68,7 @@ class Execution:
                             duration=data.get("duration"), message=message)
         self.tasks.append(result)
         if self.listener:
-            self.listener.task_result(result, res.get("diff") if status == "changed" else None)
+            self.listener.task_result(result, _diffs(res) if status == "changed" else None)
 
     def host_results(self) -> dict[str, HostResult]:
         stats = self.stats or {}
@@ -88,10 +90,29 @@ class Execution:
         return hosts
 
 
-def runner_env(plan) -> dict:
-    """Environment for ansible-playbook: this interpreter's bin first (see DESIGN traps)."""
+RUN_ID_VAR = "GITOPS_ANSIBLE_RUN_ID"
+
+
+def _diffs(res: dict) -> list:
+    """Diffs of a task result; a loop keeps them in its items."""
+    found = res.get("diff")
+    found = found if isinstance(found, list) else [found] if found else []
+    for item in res.get("results") or []:
+        if isinstance(item, dict) and item.get("changed") and item.get("diff"):
+            diff = item["diff"]
+            found.extend(diff if isinstance(diff, list) else [diff])
+    return found
+
+
+def runner_env(plan, run_id: str) -> dict:
+    """Environment for ansible-playbook: this interpreter's bin first (see DESIGN traps).
+
+    The run id marks the Ansible processes of a run, so that a later cycle can find and
+    stop those a killed controller left behind (ansible-runner starts them in their own
+    session, so they outlive it).
+    """
     bin_dir = str(Path(sys.executable).parent)
-    env = {"PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+    env = {"PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), RUN_ID_VAR: run_id,
            "ANSIBLE_RETRY_FILES_ENABLED": "False", "ANSIBLE_NOCOLOR": "True",
            "ANSIBLE_FORCE_COLOR": "False"}
     config = plan.checkout / "ansible.cfg"
@@ -122,7 +143,7 @@ def execute(plan, run_id: str, private_dir: Path, redactor: Redactor, listener=N
     private_dir.mkdir(parents=True, exist_ok=True)
     kwargs = dict(private_data_dir=str(private_dir), project_dir=str(plan.checkout),
                   playbook=plan.playbook, inventory=str(plan.inventory), ident=run_id,
-                  envvars=runner_env(plan), cmdline=cmdline(plan) or None, quiet=True,
+                  envvars=runner_env(plan, run_id), cmdline=cmdline(plan) or None, quiet=True,
                   event_handler=execution.handle, cancel_callback=cancel.is_set,
                   limit=plan.effective_limit(), tags=plan.tags, skip_tags=plan.skip_tags)
     if plan.timeout:
@@ -148,3 +169,36 @@ def _tail(path: Path, lines: int = 5) -> str:
     except OSError:
         return ""
     return " | ".join(line.strip() for line in text[-lines:] if line.strip())
+
+
+def orphans(run_id: str) -> list[int]:
+    """Processes still running for ``run_id`` (found by their environment, Linux /proc)."""
+    marker = f"{RUN_ID_VAR}={run_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+def stop_orphans(run_id: str, grace: float = 10.0) -> list[int]:
+    """Stop what a killed run left running: SIGTERM, then SIGKILL after ``grace`` seconds."""
+    pids = orphans(run_id)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and orphans(run_id):
+            time.sleep(0.2)
+        if not orphans(run_id):
+            break
+    return pids

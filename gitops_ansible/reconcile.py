@@ -110,14 +110,23 @@ def cycle(settings, mode: str, reporter: Reporter | None = None, trigger: str | 
     store = Store(state_dir / "runs.db")
     try:
         for row in store.mark_interrupted(settings.env):
-            _discard_artifacts(store, row["id"], row["artifacts"])
-            reporter.log(f"run {row['id']} was interrupted; recorded as such", "warning")
+            _finish_off(store, row, reporter)
         job = Cycle(settings, mode, store, reporter, trigger or default_trigger(mode),
                       cancel or threading.Event())
         return job.run()
     finally:
         store.close()
         lock.release()
+
+
+def _finish_off(store: Store, row: dict, reporter: Reporter) -> None:
+    """A run whose process died: stop its leftover Ansible processes, drop its artifacts."""
+    from .execute import stop_orphans
+
+    stopped = stop_orphans(row["id"])
+    _discard_artifacts(store, row["id"], row["artifacts"])
+    extra = f"; stopped {len(stopped)} leftover Ansible processes" if stopped else ""
+    reporter.log(f"run {row['id']} was interrupted; recorded as such{extra}", "warning")
 
 
 def _discard_artifacts(store: Store, run_id: str, path: str | None) -> None:

@@ -29,9 +29,10 @@ class SourceError(Exception):
     """Git could not be reached or the ref does not exist."""
 
 
-def redact_url(url: str) -> str:
-    """Hide credentials embedded in a URL (https://user:token@host/...)."""
-    return re.sub(r"(?<=://)[^/@\s]+@", "***@", url)
+def redact_url(text: str) -> str:
+    """Hide credentials embedded in URLs: any user part of http(s), passwords elsewhere."""
+    text = re.sub(r"(?<=https://)[^/@\s]+@|(?<=http://)[^/@\s]+@", "***@", text)
+    return re.sub(r"(?<=://)[^/@\s:]+:[^/@\s]+@", "***@", text)
 
 
 def git_env(settings) -> dict:
@@ -59,8 +60,8 @@ def _git(args: list[str], settings, cwd: Path | None = None) -> str:
     except subprocess.TimeoutExpired:
         raise SourceError(f"git {args[0]} timed out after {settings.git_timeout}s") from None
     if done.returncode != 0:
-        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        detail = lines[-1] if lines else f"exit code {done.returncode}"
+        lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+        detail = " | ".join(lines)[-600:] or f"exit code {done.returncode}"
         raise SourceError(f"git {args[0]} {redact_url(settings.repo or '')}: {redact_url(detail)}")
     return done.stdout
 

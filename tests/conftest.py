@@ -1,0 +1,85 @@
+"""Shared fixtures: settings, the CLI as a real process, Git servers, the host lab."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gitops_ansible import config
+from tests.lab.fixtures import host_lab, lab_rootfs  # noqa: F401  (pytest fixtures)
+from tests.lab.gitserver import GitServers
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = Path(__file__).resolve().parent / "cases"
+CI = os.environ.get("CI") == "true"
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip when a prerequisite is missing, except under CI=true, where it is a failure."""
+    if not condition:
+        if CI:
+            pytest.fail(f"prerequisite missing under CI=true: {reason}")
+        pytest.skip(reason)
+
+
+def make_settings(**values) -> config.Settings:
+    return config.load(values, environ={})
+
+
+@pytest.fixture
+def settings_for(tmp_path):
+    def build(**values):
+        values.setdefault("state_dir", str(tmp_path / "state"))
+        return make_settings(**values)
+    return build
+
+
+class Cli:
+    """gitops-ansible as a user runs it: a separate process, exit code and output."""
+
+    def __init__(self, state_dir: Path, env: dict | None = None):
+        self.state_dir = state_dir
+        self.env = dict(os.environ, **(env or {}))
+
+    def __call__(self, *args, timeout: float = 600, check_code: int | None = None,
+                 **popen) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-m", "gitops_ansible", *[str(a) for a in args]]
+        if args and args[0] not in ("install-timer",) and "--state-dir" not in args:
+            argv += ["--state-dir", str(self.state_dir)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              env=self.env, cwd=popen.get("cwd"))
+        if check_code is not None and done.returncode != check_code:
+            raise AssertionError(f"exit {done.returncode} != {check_code}\n"
+                                 f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}")
+        return done
+
+    def popen(self, *args, **kwargs) -> subprocess.Popen:
+        argv = [sys.executable, "-m", "gitops_ansible", *[str(a) for a in args],
+                "--state-dir", str(self.state_dir)]
+        return subprocess.Popen(argv, env=self.env, text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, **kwargs)
+
+
+@pytest.fixture
+def cli(tmp_path):
+    return Cli(tmp_path / "state")
+
+
+@pytest.fixture(scope="session")
+def git_servers(tmp_path_factory):
+    require(shutil.which("git") is not None, "git is not installed")
+    ssh_ok = shutil.which("sshd") is not None and os.geteuid() == 0
+    require(ssh_ok, "sshd and root are needed for the SSH Git server")
+    servers = GitServers(tmp_path_factory.mktemp("git"))
+    servers.start()
+    yield servers
+    servers.stop()
+
+
+def copy_base(dest: Path) -> Path:
+    shutil.copytree(CASES / "base", dest, dirs_exist_ok=True)
+    return dest

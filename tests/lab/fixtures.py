@@ -1,0 +1,45 @@
+"""pytest fixtures for the host lab; a conftest imports them:
+
+    from tests.lab.fixtures import host_lab, lab_rootfs  # noqa: F401
+
+lab_rootfs  (session) Path of the cached debootstrap rootfs (built on first use, ~1 min)
+host_lab    (session) a started HostLab: hosts web-1, web-2, db-1 (198.18.0.11-13), prefix
+            gattest, working directory under pytest's tmp dir; stopped at the session's end.
+            Tests that stop, reset or rekey a host put it back as they found it.
+
+Without the prerequisites (root, namespaces, ip, debootstrap when nothing is cached) the
+fixtures skip with the reason, except under CI=true, where a missing prerequisite fails.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from .hosts import HostLab, unavailable_reason
+from .rootfs import ensure_rootfs
+
+LAB_HOSTS = ["web-1", "web-2", "db-1"]
+
+
+def _require_lab() -> None:
+    reason = unavailable_reason()
+    if reason and os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true and the host lab cannot run: {reason}", pytrace=False)
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def lab_rootfs():
+    _require_lab()
+    return ensure_rootfs()
+
+
+@pytest.fixture(scope="session")
+def host_lab(lab_rootfs, tmp_path_factory):
+    lab = HostLab(tmp_path_factory.mktemp("host-lab"), LAB_HOSTS, prefix="gattest",
+                  rootfs=lab_rootfs)
+    with lab:
+        yield lab

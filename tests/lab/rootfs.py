@@ -1,0 +1,166 @@
+"""A cached Debian root filesystem: the shared lower layer of every lab host.
+
+    ensure_rootfs(cache_dir=None) -> Path
+
+Builds once per machine with `debootstrap --variant=minbase` from the Debian mirror that
+this machine's apt uses, then reuses it. The directory name carries ROOTFS_KEY: change the
+recipe, bump the key, and the next call builds anew. The build goes to a temporary directory
+beside the final one and is renamed into place, under an flock, so concurrent builders
+neither clash nor see half a tree.
+
+Inside: no SSH host keys (each lab host gets its own at start), /usr/sbin/policy-rc.d
+exiting 101 (package postinst scripts do not start daemons; `service NAME start` still
+does), apt package lists fetched at build time, Release validity dates not checked (the
+mirror may be a frozen snapshot). Each host's apt proxy setting is written at host start
+(see hosts.py), because the proxy address depends on the lab's subnet.
+
+Also here: apt_sources() / mirror_hosts(), the parsed apt sources of this machine, which the
+apt proxy uses as its allow-list.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+SUITE = "bookworm"
+PACKAGES = ["openssh-server", "python3", "python3-apt", "procps", "iproute2"]
+ROOTFS_KEY = f"rootfs-{SUITE}-v1"  # bump when the recipe below changes
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+DEFAULT_CACHE = "/var/cache/gitops-ansible-lab"
+
+APT_CONF = """\
+// gitops-ansible lab: the mirror may be a dated snapshot
+Acquire::Check-Valid-Until "false";
+Acquire::Check-Date "false";
+APT::Install-Recommends "false";
+"""
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    return Path(cache_dir or os.environ.get("GITOPS_LAB_CACHE") or DEFAULT_CACHE)
+
+
+def apt_sources(etc: str = "/etc/apt") -> list[tuple[str, list[str], list[str]]]:
+    """(uri, suites, components) of every deb source of this machine, in file order."""
+    entries = []
+    files = [Path(etc, "sources.list")] + sorted(Path(etc, "sources.list.d").glob("*"))
+    for f in files:
+        if not f.is_file():
+            continue
+        text = f.read_text(errors="replace")
+        if f.suffix == ".sources":
+            for stanza in text.split("\n\n"):
+                fields = {}
+                for line in stanza.splitlines():
+                    if ":" in line and not line.startswith(("#", " ", "\t")):
+                        key, value = line.split(":", 1)
+                        fields[key.strip().lower()] = value.split()
+                if "deb" in fields.get("types", []) and fields.get("enabled", ["yes"]) != ["no"]:
+                    suites, components = fields.get("suites", []), fields.get("components", [])
+                    entries += [(uri, suites, components) for uri in fields.get("uris", [])]
+        elif f.suffix == ".list":
+            for line in text.splitlines():
+                words = line.split("#", 1)[0].split()
+                if words[:1] != ["deb"]:
+                    continue
+                words = words[1:]
+                if words and words[0].startswith("["):  # options: [arch=amd64 signed-by=...]
+                    while words and not words[0].endswith("]"):
+                        words.pop(0)
+                    words = words[1:]
+                if len(words) >= 2:
+                    entries.append((words[0], [words[1]], words[2:]))
+    return entries
+
+
+def mirror_hosts() -> list[str]:
+    """Host names of this machine's plain-HTTP Debian mirrors (the apt proxy's allow-list)."""
+    hosts = {urlsplit(uri).hostname for uri, _, _ in apt_sources() if uri.startswith("http://")}
+    return sorted(h for h in hosts if h) or [urlsplit(DEFAULT_MIRROR).hostname]
+
+
+def _rootfs_sources() -> tuple[str, str]:
+    """(mirror for debootstrap, sources.list for the rootfs), both from this machine's sources."""
+    lines, mirror = [], None
+    for uri, suites, components in apt_sources():
+        if not uri.startswith("http://"):
+            continue  # the lab's proxy forwards plain HTTP only
+        for suite in suites:
+            if suite == SUITE or suite.startswith(SUITE + "-"):
+                lines.append(f"deb {uri} {suite} {' '.join(components) or 'main'}")
+                if suite == SUITE and mirror is None:
+                    mirror = uri
+    mirror = mirror or DEFAULT_MIRROR
+    if not any(line.split()[1:3] == [mirror, SUITE] for line in lines):
+        lines.insert(0, f"deb {mirror} {SUITE} main")
+    return mirror, "\n".join(lines) + "\n"
+
+
+def ensure_rootfs(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Path of the cached rootfs, building it first if this machine has none yet."""
+    root = cache_root(cache_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / ROOTFS_KEY
+    if final.is_dir():
+        return final
+    with open(root / f"{ROOTFS_KEY}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent builder finishes first; we then reuse
+        if final.is_dir():
+            return final
+        for stale in root.glob(f"{ROOTFS_KEY}.tmp-*"):  # from a crashed build; we hold the lock
+            _remove_tree(stale)
+        tmp = root / f"{ROOTFS_KEY}.tmp-{os.getpid()}"
+        try:
+            _build(tmp, root / f"{ROOTFS_KEY}.log")
+            tmp.rename(final)
+        finally:
+            if tmp.exists():
+                _remove_tree(tmp)
+    return final
+
+
+def _build(target: Path, log_path: Path) -> None:
+    mirror, sources = _rootfs_sources()
+    start = time.monotonic()
+    with open(log_path, "w") as log:
+        def run(*argv: str) -> None:
+            log.write(f"+ {' '.join(argv)}\n")
+            log.flush()
+            if subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT).returncode:
+                log.close()
+                tail = "".join(open(log_path).readlines()[-20:])
+                raise RuntimeError(f"rootfs build failed: {' '.join(argv)}\n{tail}")
+
+        run("debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+            "--components=main", SUITE, str(target), mirror)
+        etc = target / "etc"
+        (etc / "apt/sources.list").write_text(sources)
+        (etc / "apt/apt.conf.d/90gitops-lab").write_text(APT_CONF)
+        shutil.copyfile("/etc/resolv.conf", etc / "resolv.conf")  # only for the update below
+        run("chroot", str(target), "apt-get", "update")
+        run("chroot", str(target), "apt-get", "clean")
+        # Lab hosts reach nothing but the apt proxy: no resolver. Identity is set per host.
+        (etc / "resolv.conf").write_text("# gitops-ansible lab host: no DNS\n")
+        (etc / "hosts").write_text("127.0.0.1\tlocalhost\n")
+        (etc / "hostname").write_text("localhost\n")
+        for key in (etc / "ssh").glob("ssh_host_*"):
+            key.unlink()
+        policy = target / "usr/sbin/policy-rc.d"
+        policy.write_text("#!/bin/sh\n# gitops-ansible lab: postinst starts no daemons\nexit 101\n")
+        policy.chmod(0o755)
+        log.write(f"built in {time.monotonic() - start:.1f} s\n")
+
+
+def _remove_tree(path: Path) -> None:
+    """rm -rf that first unmounts whatever a killed debootstrap left mounted inside."""
+    prefix = str(path.resolve()) + "/"
+    mounts = [line.split()[4] for line in open("/proc/self/mountinfo")]
+    for mnt in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", mnt], check=False)
+    shutil.rmtree(path, ignore_errors=True)
