@@ -82,9 +82,10 @@ class Lock:
 
 
 def default_trigger(mode: str) -> str:
-    if mode == "push":
-        return "ci" if os.environ.get("CI") else "manual"
-    return "manual" if sys.stdin.isatty() else "schedule"
+    """schedule (cron, timer), manual (a person at a terminal) or ci."""
+    if mode == "pull" and not sys.stdin.isatty():
+        return "schedule"
+    return "ci" if os.environ.get("CI") and mode != "pull" else "manual"
 
 
 def cycle(settings, mode: str, reporter: Reporter | None = None, trigger: str | None = None,

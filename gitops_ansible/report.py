@@ -102,6 +102,8 @@ class Reporter:
             self.emit("task_result", host=result.host, task=result.task, role=result.role,
                       status=result.status, duration=result.duration, message=result.message)
             return
+        if result.status == "skipped":
+            return  # kept in the records and JSON lines; noise for a person
         took = f" ({result.duration:.1f}s)" if result.duration else ""
         line = f"  {result.host:<20} {result.status:<11}{took}"
         if result.message:

@@ -65,6 +65,8 @@ After=network-online.target
 
 [Service]
 Type=oneshot
+# Settings and secrets such as GITOPS_ANSIBLE_GIT_TOKEN (optional file)
+EnvironmentFile=-/etc/gitops-ansible/env
 ExecStart={_systemd_quote(schedule.command)}
 SuccessExitStatus={SUCCESS_CODES}
 {user}Nice=5
