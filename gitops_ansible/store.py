@@ -121,6 +121,7 @@ class Store:
             " started_at, pid, artifacts) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
             (run.id, run.env, run.mode, run.trigger, run.ref, run.revision, int(run.check_mode),
              run.started_at, os.getpid(), artifacts))
+        self.db.execute("INSERT OR IGNORE INTO environments (env) VALUES (?)", (run.env,))
 
     def set_revision(self, run_id: str, revision: str) -> None:
         self.db.execute("UPDATE runs SET revision = ? WHERE id = ?", (revision, run_id))

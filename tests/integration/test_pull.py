@@ -233,3 +233,29 @@ def test_history_shows_runs_with_hosts_trigger_revision_duration(cli, estate, gi
     detail = cli("history", run_id, check_code=0).stdout
     assert "greet : Write the greeting" not in detail  # task names are stored without role
     assert "Write the greeting" in detail and "changed" in detail
+
+
+@pytest.mark.parametrize("how", ["timeout", "sigterm"])
+def test_timeout_and_sigterm_cancel_the_run_cleanly(cli, estate, git_servers, tmp_path, how):
+    estate.write("inventories/dev/group_vars/all.yml", "---\ngreet_sleep: 60\n")
+    estate.commit("a converge that takes a minute")
+    url = git_servers.url(estate.name, "file")
+    started = time.monotonic()
+    if how == "timeout":
+        done = cli("run", "--repo", url, "--env", "dev", "--timeout", "3", check_code=1)
+        assert "cancelled after the 3s timeout" in done.stderr
+    else:
+        proc = cli.popen("run", "--repo", url, "--env", "dev")
+        deadline = time.monotonic() + 60
+        while not (estate.out / "journal").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 1
+        assert "SIGTERM" in proc.stderr.read()
+    assert time.monotonic() - started < 45  # well before the 60 s task would have ended
+    last = runs(tmp_path / "state")[-1]
+    assert last["status"] == "cancelled" and last["exit_code"] == 1
+    run_id = last["id"]
+    assert not orphans(run_id)
+    state = json.loads(cli("status", "--json").stdout)[0]
+    assert state.get("applied_revision") is None  # a cancelled run applies nothing
