@@ -91,7 +91,9 @@ def expect(label: str, sample: Sample, codes, text: str) -> Sample:
 
 
 def alternate(sides: dict, repeat: int) -> dict[str, list[Sample]]:
-    """sides: name -> function returning a checked Sample. Round 0 is a warm-up, discarded."""
+    """sides: name -> function returning a checked Sample. Round 0 is a warm-up, discarded.
+    Odd rounds run the sides in reverse order: list the reference side in the middle, so
+    that it runs right next to each side it is compared with."""
     names, samples = list(sides), {name: [] for name in sides}
     for round_no in range(repeat + 1):
         for name in (names if round_no % 2 == 0 else names[::-1]):
@@ -110,22 +112,36 @@ def summarize(samples: list[Sample]) -> dict:
             "peak_rss_mib": max(s.rss_mib for s in samples), "walls_s": walls}
 
 
+def ratios(rows: dict, numerator: str, denominator: str) -> dict:
+    """The RESULT: the median over rounds of the round's wall-time ratio (the two sides ran
+    back to back, so a burst of load elsewhere that spans a round weighs on both). Also,
+    to judge the noise: the ratio of the median walls, of the min walls, and of the median
+    CPU times (user+sys of the command's whole process tree)."""
+    num, den = rows[numerator], rows[denominator]
+    return {"per-round median": statistics.median(
+                a / b for a, b in zip(num["walls_s"], den["walls_s"])),
+            "medians": num["median_s"] / den["median_s"], "mins": num["min_s"] / den["min_s"],
+            "cpu medians": num["cpu_median_s"] / den["cpu_median_s"]}
+
+
 def report(name: str, rows: dict, numerator: str, denominator: str, goal: str, met,
            commands: dict, extra: dict | None = None) -> None:
     """Print the table and the RESULT line; write bench/results/NAME.json."""
-    ratio = rows[numerator]["median_s"] / rows[denominator]["median_s"]
+    found = ratios(rows, numerator, denominator)
+    ratio = found["per-round median"]
     print(f"{'SIDE':<36} {'RUNS':>4} {'MEDIAN s':>9} {'MIN s':>8} {'CPU s':>7} {'PEAK RSS MiB':>12}")
     for side, row in rows.items():
         print(f"{side:<36} {row['runs']:>4} {row['median_s']:>9.3f} {row['min_s']:>8.3f} "
               f"{row['cpu_median_s']:>7.3f} {row['peak_rss_mib']:>12.1f}")
-    print(f"ratio {numerator} / {denominator} (medians): {ratio:.3f}  "
-          f"(mins: {rows[numerator]['min_s'] / rows[denominator]['min_s']:.3f})")
+    print(f"ratio {numerator} / {denominator}: " + ", ".join(
+        f"{label} {value:.3f}" for label, value in found.items()))
     for label, value in (extra or {}).items():
-        print(f"{label}: {value:.3f}" if isinstance(value, float) else f"{label}: {value}")
+        print(f"{label}: " + ", ".join(f"{k} {v:.3f}" for k, v in value.items()))
     print(f"RESULT name={name} ratio={ratio:.3f} goal={goal} met={'yes' if met(ratio) else 'no'}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps({
         "name": name, "ratio": round(ratio, 4), "goal": goal, "met": bool(met(ratio)),
-        "numerator": numerator, "denominator": denominator, "rows": rows, "extra": extra or {},
-        "commands": commands, "loadavg_at_end": os.getloadavg(), "cpus": os.cpu_count(),
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2) + "\n")
+        "numerator": numerator, "denominator": denominator, "ratios": found, "rows": rows,
+        "extra": extra or {}, "commands": commands, "loadavg_at_end": os.getloadavg(),
+        "cpus": os.cpu_count(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        indent=2) + "\n")

@@ -82,15 +82,18 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def yaml_files(*dirs: Path):
+    """YAML files Ansible will parse: *.yml/*.yaml, and extension-less files in *_vars/.
+
+    A role's templates/ and files/ are data for the targets, not YAML for Ansible.
+    """
     for base in dirs:
-        if base.is_file():
-            yield base
-            continue
-        for dirpath, _dirs, files in os.walk(base):
+        for dirpath, subdirs, files in os.walk(base):
+            subdirs[:] = sorted(d for d in subdirs if d not in ("templates", "files"))
+            here = Path(dirpath)
+            in_vars = here.name.endswith("_vars") or here.parent.name.endswith("_vars")
             for name in sorted(files):
-                if name.endswith((".yml", ".yaml")) or (name != ".vault-pass" and "." not in name
-                                                          and Path(dirpath).name.endswith("_vars")):
-                    yield Path(dirpath) / name
+                if name.endswith((".yml", ".yaml")) or (in_vars and "." not in name):
+                    yield here / name
 
 
 def _walk(node, visit):

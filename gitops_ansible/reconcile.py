@@ -10,14 +10,12 @@ from __future__ import annotations
 import fcntl
 import os
 import random
-import shutil
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import inventory as inventory_mod
 from . import plan as plan_mod
 from . import source
 from .report import ExitCode, Redactor, Reporter
@@ -133,6 +131,8 @@ def _finish_off(store: Store, row: dict, reporter: Reporter) -> None:
 def _discard_artifacts(store: Store, run_id: str, path: str | None) -> None:
     """Artifacts of a run that never reached redaction are not kept."""
     if path:
+        import shutil
+
         shutil.rmtree(path, ignore_errors=True)
     store.forget_artifacts(run_id)
 
@@ -213,6 +213,8 @@ class Cycle:
 
     # -- plan -> execute -> record ------------------------------------------------------
     def _converge(self, checkout: Path, revision: str) -> Result:
+        from . import inventory as inventory_mod  # YAML and Ansible: only when there is work
+
         try:
             inventory = inventory_mod.load(checkout, self.settings)
         except inventory_mod.Refused as exc:

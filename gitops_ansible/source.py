@@ -18,8 +18,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import tarfile
-import tempfile
 from pathlib import Path
 
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -130,6 +128,9 @@ def fetch(settings, revision: str) -> str:
 
 def export(settings, revision: str) -> Path:
     """An exported tree of ``revision`` under checkouts/ (reused when it exists)."""
+    import tarfile
+    import tempfile
+
     import git
 
     dest = checkout_path(settings, revision)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.fixtures import host_lab, lab_rootfs  # noqa: F401
 from tests.lab.hosts import HostLab
 
 pytestmark = pytest.mark.baremetal
