@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         "status": "last applied and last good revision per environment",
         "history": "past runs with per-host outcome; with RUN_ID, one run's hosts and tasks",
         "install-timer": "write a systemd service+timer pair, or print a crontab line",
+        "init": "scaffold a new GitOps repository (playbooks, inventories, a role, molecule)",
     }
     subs = {}
     for name, text in helps.items():
@@ -85,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     timer.add_argument("--output-dir", default="/etc/systemd/system", help="where units go")
     timer.add_argument("--log-file", help="cron: append output here")
     timer.add_argument("run_args", nargs="*", help="more `run` flags, after --")
+    init = subs["init"]
+    init.add_argument("dir", help="directory of the new repository (created if missing)")
+    init.add_argument("--platform", default="baremetal", help="name of the first platform")
+    init.add_argument("--role", help="name of its role (default PLATFORM_base)")
+    init.add_argument("--force", action="store_true", help="write into a non-empty directory")
     return parser
 
 
@@ -98,6 +104,8 @@ def main(argv=None) -> int:
     try:
         if args.command == "install-timer":
             return cmd_install_timer(args)
+        if args.command == "init":
+            return cmd_init(args)
         settings = load_settings(args)
         handler = {"run": cmd_cycle, "push": cmd_cycle, "plan": cmd_cycle,
                    "check-hosts": cmd_check_hosts, "status": cmd_status,
@@ -284,6 +292,19 @@ def cmd_install_timer(args) -> int:
     for path in paths:
         print(f"wrote {path}")
     print(f"enable with: systemctl daemon-reload && systemctl enable --now {plan.unit}.timer")
+    return ExitCode.OK
+
+
+def cmd_init(args) -> int:
+    from . import scaffold
+
+    try:
+        paths = scaffold.init(Path(args.dir), args.platform, args.role, args.force)
+    except (scaffold.ScaffoldError, OSError) as exc:
+        print(f"gitops-ansible: init: {exc}", file=sys.stderr)
+        return ExitCode.REFUSED
+    print(f"created a GitOps repository in {args.dir} ({len(paths)} files)")
+    print("next: ansible-lint && yamllint . && molecule test, from its root")
     return ExitCode.OK
 
 
