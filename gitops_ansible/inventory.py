@@ -66,8 +66,9 @@ class Inventory:
         return {name: sorted(hosts) for name, hosts in sorted(groups.items())}
 
 
-class _Loader(yaml.SafeLoader):
-    """Safe YAML that accepts Ansible's tags (!vault, !unsafe) as plain scalars."""
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """Safe YAML (libyaml when present: several times faster) that accepts Ansible's tags
+    (!vault, !unsafe) as plain scalars."""
 
 
 _Loader.add_multi_constructor("!", lambda loader, suffix, node: loader.construct_scalar(node)
