@@ -151,7 +151,7 @@ def execute(plan, run_id: str, private_dir: Path, redactor: Redactor, listener=N
     runner = ansible_runner.run(**{k: v for k, v in kwargs.items() if v is not None})
     stop_orphans(run_id, grace=5.0)  # a cancelled run can leave module processes behind
     artifacts = Path(runner.config.artifact_dir)
-    redactor.scrub_tree(artifacts)
+    redactor.scrub_tree(artifacts, skip=("job_events",))  # events: scrubbed in handle()
     outcome = Outcome(status=runner.status, rc=runner.rc if runner.rc is not None else -1,
                       hosts=execution.host_results(), tasks=execution.tasks, artifacts=artifacts)
     if runner.status in ("timeout", "canceled"):

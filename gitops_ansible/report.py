@@ -50,11 +50,14 @@ class Redactor:
                 value[index] = self.scrub(item) if isinstance(item, str) else self.scrub_event(item)
         return value
 
-    def scrub_tree(self, root: Path) -> None:
+    def scrub_tree(self, root: Path, skip: tuple[str, ...] = ()) -> None:
+        """Rewrite files under ``root`` that contain a secret; directories named in ``skip``
+        hold files that were scrubbed before they were written."""
         if not self.secrets or not root.exists():
             return
         for path in root.rglob("*"):
-            if not path.is_file() or path.is_symlink():
+            if not path.is_file() or path.is_symlink() or skip and \
+                    set(path.relative_to(root).parts[:-1]) & set(skip):
                 continue
             try:
                 text = path.read_text()

@@ -14,6 +14,13 @@ def test_redactor_scrubs_nested_events_and_files(tmp_path):
     redactor.scrub_tree(tmp_path)
     assert "s3cr3t-value" not in artifact.read_text()
     assert redactor.scrub("xy stays") == "xy stays"
+    # events are scrubbed before ansible-runner writes them: their directory can be skipped
+    written = tmp_path / "job_events" / "2.json"
+    stdout = tmp_path / "stdout"
+    written.write_text("s3cr3t-value")
+    stdout.write_text("s3cr3t-value")
+    redactor.scrub_tree(tmp_path, skip=("job_events",))
+    assert written.read_text() == "s3cr3t-value" and stdout.read_text() == MASK
 
 
 def test_exit_codes_are_distinct_and_stable():
