@@ -8,9 +8,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := git openssh-server openssh-client debootstrap iproute2 openssl systemd \
                 util-linux procps ca-certificates
 PYTEST_ARGS ?=
-COMPAT_PYTHON ?= $(shell for p in python3.11 /root/.pyenv/versions/3.11*/bin/python3; do \
-                   command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null \
-                   && command -v $$p && break; done)
+COMPAT_PYTHON ?= $(shell scripts/python.sh 3.11 2>/dev/null)
 
 .PHONY: all demo demo-down test test-unit test-compat system venv clean
 all: test

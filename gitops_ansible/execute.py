@@ -190,16 +190,17 @@ def orphans(run_id: str) -> list[int]:
 
 def stop_orphans(run_id: str, grace: float = 10.0) -> list[int]:
     """Stop what a killed run left running: SIGTERM, then SIGKILL after ``grace`` seconds."""
-    pids = orphans(run_id)
+    pids = remaining = orphans(run_id)
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
+        if not remaining:
+            break
+        for pid in remaining:
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and orphans(run_id):
+        while remaining and time.monotonic() < deadline:
             time.sleep(0.2)
-        if not orphans(run_id):
-            break
+            remaining = orphans(run_id)
     return pids

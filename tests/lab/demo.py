@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .gitserver import git
+from .gitserver import WorkTree, git
 from .hosts import HostLab
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,27 +36,17 @@ def gitops(*args: str, expect: int) -> None:
         sys.exit(f"demo: expected exit code {expect}, got {code}")
 
 
-def make_repository() -> Path:
+def make_repository() -> WorkTree:
     bare, tree = DEMO / "estate.git", DEMO / "worktree"
     for path in (bare, tree, DEMO / "state"):
         shutil.rmtree(path, ignore_errors=True)
     git("init", "-q", "--bare", "-b", "main", str(bare))
-    git("init", "-q", "-b", "main", str(tree))
+    work = WorkTree(bare, tree)
     for part in ("playbooks", "roles", "inventories"):
-        shutil.copytree(ROOT / part, tree / part)
+        work.copy_tree(ROOT / part, part)
     shutil.copy(ROOT / "ansible.cfg", tree / "ansible.cfg")
-    commit(tree, "the estate, as the project ships it")
-    git("remote", "add", "origin", str(bare), cwd=tree)
-    git("push", "-q", "origin", "main", cwd=tree)
-    return tree
-
-
-def commit(tree: Path, message: str) -> None:
-    git("add", "-A", cwd=tree)
-    git("-c", "user.name=demo", "-c", "user.email=demo@example.invalid", "commit", "-qm",
-        message, cwd=tree)
-    if git("remote", cwd=tree):
-        git("push", "-q", "origin", "main", cwd=tree)
+    work.commit("the estate, as the project ships it")
+    return work
 
 
 def main() -> int:
@@ -80,9 +70,9 @@ def main() -> int:
     gitops("run", *cfg, expect=3)
 
     banner("3. a commit changes one template (motd.j2): only /etc/motd changes")
-    motd = tree / "roles/host_files/templates/motd.j2"
+    motd = tree.path / "roles/host_files/templates/motd.j2"
     motd.write_text(motd.read_text() + "Changed by the demo's second commit.\n")
-    commit(tree, "motd: one more line")
+    tree.commit("motd: one more line")
     gitops("run", *cfg, expect=2)
 
     banner("4. someone edits demo-2 by hand; `plan` shows the drift, `run --force` heals it")
