@@ -1,13 +1,16 @@
 """One cycle, the same in every mode: source -> plan -> execute -> record -> report.
 
 Modes: ``pull`` (fetch the configured repo and ref; skip if already applied), ``push``
-(converge a local checkout now, for CI) and ``plan`` (check mode with diff, from a local
-checkout or the repo). The cycle holds the environment's lock from start to end, so two
+(converge a local checkout now, for CI), ``plan`` (check mode with diff, from a local
+checkout or the repo) and ``drift`` (check mode against the last applied revision: what
+would change is drift, recorded per host and task). A suspended environment gets no
+changing pull cycle. The cycle holds the environment's lock from start to end, so two
 cycles for one environment never overlap.
 """
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import random
 import sys
@@ -30,6 +33,7 @@ class Result:
     run_id: str | None = None
     revision: str | None = None
     hosts: list[HostResult] = field(default_factory=list)
+    fetch_failed: bool = False  # Git could not be reached or the ref is gone
 
     def as_dict(self) -> dict:
         return {"exit_code": int(self.exit_code), "status": self.status, "message": self.message,
@@ -87,7 +91,7 @@ def default_trigger(mode: str) -> str:
 
 
 def cycle(settings, mode: str, reporter: Reporter | None = None, trigger: str | None = None,
-          cancel: threading.Event | None = None) -> Result:
+          cancel: threading.Event | None = None, on_start=None) -> Result:
     """Run one cycle; never raises for expected failures, the result carries the exit code."""
     reporter = reporter or Reporter(settings.json)
     settings.require("env")
@@ -110,8 +114,17 @@ def cycle(settings, mode: str, reporter: Reporter | None = None, trigger: str | 
     try:
         for row in store.mark_interrupted(settings.env):
             _finish_off(store, row, reporter)
+        suspended = store.env_state(settings.env).get("suspended_reason")
+        if suspended and mode == "pull":
+            message = f"{settings.env}: suspended ({suspended}); no changing run until resumed"
+            reporter.bind(env=settings.env)
+            reporter.log(message, "warning")
+            return Result(ExitCode.NOTHING, "suspended", message)
+        if suspended and mode == "push":
+            reporter.log(f"{settings.env} is suspended ({suspended}); push converges anyway",
+                         "warning")
         job = Cycle(settings, mode, store, reporter, trigger or default_trigger(mode),
-                      cancel or threading.Event())
+                    cancel or threading.Event(), on_start)
         return job.run()
     finally:
         store.close()
@@ -138,16 +151,18 @@ def _discard_artifacts(store: Store, run_id: str, path: str | None) -> None:
 
 
 class Cycle:
-    def __init__(self, settings, mode, store, reporter, trigger, cancel):
+    def __init__(self, settings, mode, store, reporter, trigger, cancel, on_start=None):
         self.settings, self.mode, self.store, self.reporter = settings, mode, store, reporter
-        self.trigger, self.cancel = trigger, cancel
+        self.trigger, self.cancel, self.on_start = trigger, cancel, on_start
         self.env = settings.env
-        self.check = bool(settings.check or mode == "plan")
+        self.check = bool(settings.check or mode in ("plan", "drift"))
         self.remote = mode == "pull" or (mode == "plan" and bool(settings.repo))
         self.run_record: RunRecord | None = None
 
     # -- source ---------------------------------------------------------------------
     def run(self) -> Result:
+        if self.mode == "drift":
+            return self._drift()
         if not self.remote:
             checkout = Path(self.settings.path).expanduser().resolve()
             revision = source.local_revision(checkout)
@@ -171,6 +186,28 @@ class Cycle:
             return self._fetch_failed(state, str(exc))
         return self._converge(checkout, revision)
 
+    def _drift(self) -> Result:
+        """Check mode against the applied revision's checkout (fetched again if pruned)."""
+        revision = self.store.env_state(self.env).get("applied_revision")
+        if not revision:
+            message = f"{self.env}: nothing applied yet; no drift check"
+            self.reporter.bind(env=self.env)
+            self.reporter.log(message)
+            return Result(ExitCode.NOTHING, "nothing", message)
+        self._start(revision)
+        checkout = source.checkout_path(self.settings, revision)
+        if not checkout.is_dir():
+            pinned = type(self.settings)({**self.settings.values, "ref": revision},
+                                         self.settings.sources)
+            try:
+                source.fetch(pinned, revision)
+                checkout = source.export(pinned, revision)
+            except (source.SourceError, OSError) as exc:
+                return self._fetch_failed(self.store.env_state(self.env), str(exc))
+        self.reporter.log(f"{self.env}: drift check of the applied revision {revision[:12]}, "
+                          f"run {self.run_record.id}")
+        return self._converge(checkout, revision)
+
     def _start(self, revision: str | None) -> None:
         if self.run_record is None:
             self.run_record = RunRecord(env=self.env, mode=self.mode, trigger=self.trigger,
@@ -178,6 +215,8 @@ class Cycle:
                                         revision=revision, check_mode=self.check)
             private = self.settings.state_path / "artifacts" / self.env / self.run_record.id
             self.store.start_run(self.run_record, str(private))
+            if self.on_start and revision and not self.check:
+                self.on_start(self.run_record)
         self.run_record.revision = revision
         self.reporter.bind(run_id=self.run_record.id, env=self.env, revision=revision)
 
@@ -209,7 +248,9 @@ class Cycle:
         message = f"fetch failed: {error}{kept}"
         self.store.finish_run(self.run_record, "error", ExitCode.ERROR, message)
         self.reporter.log(message, "error")
-        return self._result(ExitCode.ERROR, "error", message)
+        result = self._result(ExitCode.ERROR, "error", message)
+        result.fetch_failed = True
+        return result
 
     # -- plan -> execute -> record ------------------------------------------------------
     def _converge(self, checkout: Path, revision: str) -> Result:
@@ -280,6 +321,11 @@ class Cycle:
             if self.remote:
                 update.update(checked_revision=run.revision, checked_at=now, fetch_error=None,
                               fetch_error_at=None)
+            update.update(drift_revision=None, drift_run=None, drift_at=None, drifted_hosts=None)
+        if self.mode == "drift" and status in ("drifted", "unchanged"):
+            update = {"drift_revision": run.revision, "drift_run": run.id, "drift_at": time.time(),
+                      "drifted_hosts": json.dumps([h.host for h in host_list
+                                                   if h.outcome == "changed"])}
         self.store.finish_run(run, status, code, message, host_list,
                               outcome.tasks if outcome else [], update)
         self.reporter.summary(host_list)
@@ -300,6 +346,9 @@ class Cycle:
         if failed:
             return "failed", ExitCode.FAILED, (f"{len(failed)} of {len(hosts)} hosts failed or "
                                                f"unreachable: {', '.join(failed)}")
+        if changed and self.mode == "drift":
+            return "drifted", ExitCode.CHANGED, (f"drift on {len(changed)} of {len(hosts)} hosts: "
+                                                 + ", ".join(changed))
         if changed:
             return "changed", ExitCode.CHANGED, f"{len(changed)} of {len(hosts)} hosts {verb}"
         return "unchanged", ExitCode.OK, f"{len(hosts)} hosts converged, nothing " + (
@@ -310,11 +359,13 @@ class Cycle:
         for task in tasks:
             if task.status == "changed":
                 by_host.setdefault(task.host, []).append(task.task)
+        drift = self.mode == "drift"
         if self.reporter.json_mode:
-            self.reporter.emit("pending_changes", hosts=by_host)
+            self.reporter.emit("drift" if drift else "pending_changes", hosts=by_host)
             return
         for host in sorted(by_host):
-            self.reporter.log(f"{host} would change: " + "; ".join(by_host[host]))
+            self.reporter.log((f"drift on {host}: " if drift else f"{host} would change: ")
+                              + "; ".join(by_host[host]))
 
     def _retention(self) -> None:
         for run_id, path in self.store.old_artifacts(self.env, self.settings.keep_runs):

@@ -71,11 +71,24 @@ class Redactor:
 class Reporter:
     """Progress for a person (default) or JSON lines (``json_mode``) on ``out``."""
 
-    def __init__(self, json_mode: bool = False, out=None, err=None, show_diff: bool = False):
-        self.json_mode, self.show_diff = json_mode, show_diff
+    def __init__(self, json_mode: bool = False, out=None, err=None, show_diff: bool = False,
+                 tagged: bool = False):
+        self.json_mode, self.show_diff, self.tagged = json_mode, show_diff, tagged
         self.out, self.err = out or sys.stdout, err or sys.stderr
         self.context: dict = {}
         self._task = None
+
+    def _write(self, stream, text: str) -> None:
+        """Write lines; a tagged reporter (the agent) starts each with time, env, revision
+        and run, so that one log can be followed from a commit to a host and a task."""
+        if self.tagged:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            tag = " ".join(f"{key}={str(self.context[key])[:12 if key == 'revision' else None]}"
+                           for key in ("env", "revision", "run_id") if key in self.context)
+            lead = f"{stamp} {tag} " if tag else f"{stamp} "
+            text = "".join(lead + line + "\n" for line in text.splitlines())
+        stream.write(text)
+        stream.flush()
 
     def bind(self, **context) -> None:
         self.context.update({k: v for k, v in context.items() if v is not None})
@@ -91,14 +104,12 @@ class Reporter:
             return
         stream = self.err if level in ("error", "warning") else self.out
         prefix = "" if level == "info" else f"{level}: "
-        stream.write(f"{prefix}{message}\n")
-        stream.flush()
+        self._write(stream, f"{prefix}{message}\n")
 
     def task_start(self, task: str, role: str | None) -> None:
         self._task = f"{role} : {task}" if role else task
         if not self.json_mode:
-            self.out.write(f"TASK {self._task}\n")
-            self.out.flush()
+            self._write(self.out, f"TASK {self._task}\n")
 
     def task_result(self, result, diff=None) -> None:
         if self.json_mode:
@@ -111,10 +122,9 @@ class Reporter:
         line = f"  {result.host:<20} {result.status:<11}{took}"
         if result.message:
             line += f"  {result.message}"
-        self.out.write(line + "\n")
         if diff and self.show_diff:
-            self.out.write(render_diff(diff))
-        self.out.flush()
+            line += "\n" + render_diff(diff).rstrip("\n")
+        self._write(self.out, line + "\n")
 
     def summary(self, hosts, excluded: dict | None = None) -> None:
         excluded = excluded or {}
@@ -129,9 +139,8 @@ class Reporter:
                  str(h.unreachable), str(h.skipped), h.outcome, h.message or "") for h in hosts]
         rows.extend((host, "-", "0", "0", "0", "1", "0", "unreachable", f"pre-flight: {why}")
                     for host, why in sorted(excluded.items()) if host not in {h.host for h in hosts})
-        self.out.write(table(("HOST", "PLATFORM", "OK", "CHANGED", "FAILED", "UNREACHABLE",
-                              "SKIPPED", "OUTCOME", "MESSAGE"), rows))
-        self.out.flush()
+        self._write(self.out, table(("HOST", "PLATFORM", "OK", "CHANGED", "FAILED", "UNREACHABLE",
+                                     "SKIPPED", "OUTCOME", "MESSAGE"), rows))
 
 
 def table(header, rows) -> str:

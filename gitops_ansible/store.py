@@ -37,6 +37,12 @@ CREATE TABLE IF NOT EXISTS environments (
     refused_revision TEXT, refused_run TEXT, refused_message TEXT,
     fetch_error TEXT, fetch_error_at REAL);
 """
+# Columns added after the first release: (table, column, type), added when missing.
+MIGRATIONS = [
+    ("environments", "suspended_reason", "TEXT"), ("environments", "suspended_at", "REAL"),
+    ("environments", "drift_revision", "TEXT"), ("environments", "drift_run", "TEXT"),
+    ("environments", "drift_at", "REAL"), ("environments", "drifted_hosts", "TEXT"),
+]
 
 FAILED_OUTCOMES = ("failed", "unreachable")
 
@@ -96,6 +102,17 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        for table, column, kind in MIGRATIONS:
+            have = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                try:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                except sqlite3.OperationalError as exc:  # another process added it first
+                    if "duplicate column" not in str(exc):
+                        raise
 
     def close(self) -> None:
         self.db.close()
@@ -167,6 +184,14 @@ class Store:
             query, args = query + " WHERE env = ?", [env]
         query += " ORDER BY started_at DESC, rowid DESC LIMIT ?"
         return [dict(r) for r in self.db.execute(query, (*args, limit))]
+
+    def last_converge(self, env: str) -> dict | None:
+        """The newest completed converging run that has per-host results."""
+        row = self.db.execute(
+            "SELECT * FROM runs WHERE env = ? AND check_mode = 0 AND status != 'running' AND"
+            " EXISTS (SELECT 1 FROM host_results WHERE run_id = runs.id)"
+            " ORDER BY started_at DESC, rowid DESC LIMIT 1", (env,)).fetchone()
+        return dict(row) if row else None
 
     def run(self, run_id: str) -> dict | None:
         row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
