@@ -26,7 +26,12 @@ COMMAND_FLAGS = {
                     "vault_password_file", "known_hosts", "preflight_timeout", "json"],
     "status": ["env", "state_dir", "json"],
     "history": ["env", "state_dir", "json"],
+    "agent": ["state_dir", "json"],
+    "suspend": ["state_dir"],
+    "resume": ["state_dir"],
+    "events": ["state_dir", "json"],
 }
+DEFAULT_AGENT_CONFIG = "/etc/gitops-ansible/agent.toml"
 
 
 def add_setting(parser: argparse.ArgumentParser, name: str) -> None:
@@ -60,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         "status": "last applied and last good revision per environment",
         "history": "past runs with per-host outcome; with RUN_ID, one run's hosts and tasks",
         "install-timer": "write a systemd service+timer pair, or print a crontab line",
+        "agent": "run as a long-running service: every source on its interval, webhooks, "
+                 "drift checks, health and metrics",
+        "sync": "ask a running agent for a cycle of one source or environment now",
+        "suspend": "stop changing runs of an environment (pull, agent), with a reason",
+        "resume": "let changing runs of a suspended environment start again",
+        "events": "the per-host, per-task events of one run",
+        "install-service": "write a systemd unit for the agent",
         "init": "scaffold a new GitOps repository (playbooks, inventories, a role, molecule)",
     }
     subs = {}
@@ -86,6 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
     timer.add_argument("--output-dir", default="/etc/systemd/system", help="where units go")
     timer.add_argument("--log-file", help="cron: append output here")
     timer.add_argument("run_args", nargs="*", help="more `run` flags, after --")
+    subs["agent"].add_argument("--listen", metavar="HOST:PORT", default=argparse.SUPPRESS,
+                               help="address of the HTTP endpoint (default 127.0.0.1:9420)")
+    subs["sync"].add_argument("name", help="source name or environment")
+    subs["sync"].add_argument("--agent", metavar="URL", help="the agent's address (default: "
+                              "from the config file's [agent] listen, else 127.0.0.1:9420)")
+    for name in ("suspend", "resume"):
+        subs[name].add_argument("env", help="environment")
+    subs["suspend"].add_argument("--reason", required=True, help="shown by status and the API")
+    subs["events"].add_argument("run_id", help="the run (see history)")
+    service = subs["install-service"]
+    service.add_argument("--systemd", action="store_true", required=True,
+                         help="write a systemd service unit")
+    service.add_argument("--name", default="gitops-ansible-agent", help="unit name")
+    service.add_argument("--user", help="run as this (dedicated) user")
+    service.add_argument("--output-dir", default="/etc/systemd/system", help="where the unit goes")
     init = subs["init"]
     init.add_argument("dir", help="directory of the new repository (created if missing)")
     init.add_argument("--platform", default="baremetal", help="name of the first platform")
@@ -106,10 +133,14 @@ def main(argv=None) -> int:
             return cmd_install_timer(args)
         if args.command == "init":
             return cmd_init(args)
+        if args.command in ("agent", "sync", "install-service"):
+            return {"agent": cmd_agent, "sync": cmd_sync,
+                    "install-service": cmd_install_service}[args.command](args)
         settings = load_settings(args)
         handler = {"run": cmd_cycle, "push": cmd_cycle, "plan": cmd_cycle,
                    "check-hosts": cmd_check_hosts, "status": cmd_status,
-                   "history": cmd_history}[args.command]
+                   "history": cmd_history, "suspend": cmd_suspend, "resume": cmd_resume,
+                   "events": cmd_events}[args.command]
         return handler(args, settings)
     except config_mod.ConfigError as exc:
         print(f"gitops-ansible: config error: {exc}", file=sys.stderr)
@@ -211,6 +242,11 @@ def cmd_status(args, settings) -> int:
 
 def _problem(env: dict) -> str:
     notes = []
+    if env.get("suspended_reason"):
+        notes.append(f"suspended since {_when(env.get('suspended_at'))}: {env['suspended_reason']}")
+    drifted = json.loads(env.get("drifted_hosts") or "[]")
+    if drifted:
+        notes.append(f"drift on {', '.join(drifted)} (run {env.get('drift_run')})")
     if env.get("refused_revision"):
         notes.append(f"revision {_short(env['refused_revision'])} refused")
     if env.get("fetch_error"):
@@ -270,6 +306,114 @@ def _show_run(store, run_id: str, as_json: bool) -> int:
     for task in changed:
         print(f"  {task['host']:<20} {task['status']:<11} {task['task']}"
               + (f"  {task['message']}" if task["message"] else ""))
+    return ExitCode.OK
+
+
+def _agent_config_path(args) -> str:
+    import os
+
+    return (getattr(args, "config", None) or os.environ.get("GITOPS_ANSIBLE_CONFIG")
+            or DEFAULT_AGENT_CONFIG)
+
+
+def cmd_agent(args) -> int:
+    from .agent import Agent
+
+    flags = {k: v for k, v in vars(args).items()
+             if k in config_mod.SCHEMA or k in config_mod.AGENT_SCHEMA}
+    try:
+        agent = Agent(_agent_config_path(args), flags)
+    except OSError as exc:
+        print(f"gitops-ansible: agent: {exc}", file=sys.stderr)
+        return ExitCode.ERROR
+    return agent.run()
+
+
+def cmd_sync(args) -> int:
+    import urllib.error
+    import urllib.request
+
+    url = args.agent
+    if not url:
+        listen = "127.0.0.1:9420"
+        path = _agent_config_path(args)
+        if Path(path).is_file():
+            listen = config_mod.load_agent(path).agent["listen"]
+        url = "http://" + listen.replace("0.0.0.0", "127.0.0.1")
+    request = urllib.request.Request(f"{url.rstrip('/')}/api/v1/sync/{args.name}", method="POST",
+                                     data=b"")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        print(f"gitops-ansible: sync: {args.name}: no such source or environment "
+              f"(HTTP {exc.code})", file=sys.stderr)
+        return ExitCode.REFUSED
+    except (OSError, urllib.error.URLError) as exc:
+        print(f"gitops-ansible: sync: no agent answers at {url}: {exc}", file=sys.stderr)
+        return ExitCode.ERROR
+    print("cycle requested: " + ", ".join(answer["triggered"]))
+    return ExitCode.OK
+
+
+def cmd_suspend(args, settings) -> int:
+    store = _open_store(settings)
+    try:
+        store.update_env(args.env, suspended_reason=args.reason, suspended_at=time.time())
+    finally:
+        store.close()
+    print(f"{args.env}: suspended: {args.reason}")
+    return ExitCode.OK
+
+
+def cmd_resume(args, settings) -> int:
+    store = _open_store(settings)
+    try:
+        reason = store.env_state(args.env).get("suspended_reason")
+        store.update_env(args.env, suspended_reason=None, suspended_at=None)
+    finally:
+        store.close()
+    print(f"{args.env}: resumed" + (f" (was suspended: {reason})" if reason else
+                                    " (it was not suspended)"))
+    return ExitCode.OK
+
+
+def cmd_events(args, settings) -> int:
+    store = _open_store(settings)
+    try:
+        run = store.run(args.run_id)
+        tasks = store.task_results(args.run_id) if run else []
+    finally:
+        store.close()
+    if run is None:
+        print(f"gitops-ansible: no run {args.run_id}", file=sys.stderr)
+        return ExitCode.REFUSED
+    context = {"run_id": run["id"], "env": run["env"], "revision": run["revision"]}
+    if settings.json:
+        for task in tasks:
+            print(json.dumps({**context, **task}, default=str))
+        return ExitCode.OK
+    print(f"run {run['id']}  env {run['env']}  revision {_short(run['revision'])}  "
+          f"{run['mode']}  {run['status']}")
+    for task in tasks:
+        took = f"{task['duration']:.1f}s" if task["duration"] else "-"
+        role = f"{task['role']} : " if task["role"] else ""
+        print(f"{task['seq']:>4}  {task['host']:<20} {task['status']:<11} {took:>6}  "
+              f"{role}{task['task']}" + (f"  {task['message']}" if task["message"] else ""))
+    return ExitCode.OK
+
+
+def cmd_install_service(args) -> int:
+    from . import schedule
+
+    config = str(Path(_agent_config_path(args)).resolve())
+    try:
+        path = schedule.write_agent_unit(Path(args.output_dir), args.name, config, args.user)
+    except OSError as exc:
+        print(f"gitops-ansible: install-service: {exc}", file=sys.stderr)
+        return ExitCode.REFUSED
+    print(f"wrote {path}")
+    print(f"enable with: systemctl daemon-reload && systemctl enable --now {args.name}.service")
     return ExitCode.OK
 
 

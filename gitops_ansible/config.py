@@ -38,7 +38,8 @@ class Option:
         if self.kind == "choice":
             return "one of " + ", ".join(self.choices)
         return {"int": "an integer >= 0", "bool": "true or false",
-                "path": "a file system path", "str": "a string"}[self.kind]
+                "path": "a file system path", "str": "a string",
+                "duration": "a duration such as 30s, 5m, 2h or seconds as a number"}[self.kind]
 
     def convert(self, value, source: str):
         """Value from TOML, environment (str) or flags, checked and converted."""
@@ -60,6 +61,12 @@ class Option:
         elif self.kind == "choice":
             if value in self.choices:
                 return value
+        elif self.kind == "duration":
+            from .schedule import ScheduleError, parse_duration
+            try:
+                return parse_duration(value)
+            except ScheduleError:
+                pass
         elif isinstance(value, str) and (value or self.kind == "str"):
             return value
         raise ConfigError(source, self.name, self.describe(), value)
@@ -160,14 +167,18 @@ def _apply(values: dict, sources: dict, layer: dict, source: str) -> None:
             sources[key] = source
 
 
-def read_file(path: Path) -> dict:
+def read_toml(path) -> dict:
     try:
         with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+            return tomllib.load(handle)
     except OSError as exc:
         raise ConfigError(str(path), "-", "a readable TOML file", exc.strerror) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), "-", "valid TOML", str(exc)) from None
+
+
+def read_file(path: Path) -> dict:
+    data = read_toml(path)
     for key, value in data.items():
         if isinstance(value, dict):
             raise ConfigError(str(path), key, "a plain value (tables are not settings)")
@@ -202,3 +213,176 @@ def load(flags: dict | None = None, config_path: str | None = None, environ=None
     for key, raw in (flags or {}).items():
         _apply(values, sources, {key: raw}, f"flag --{key.replace('_', '-')}")
     return Settings(values, sources)
+
+
+# -- the agent's file: shared settings, [agent], [[sources]], [[notify]] ----------------
+AGENT_SCHEMA = {o.name: o for o in [
+    Option("listen", "str", "127.0.0.1:9420", "HOST:PORT of the HTTP endpoint (health, metrics, "
+                                              "status API, webhooks, sync)"),
+    Option("grace", "duration", 300.0, "SIGTERM: how long the running cycle may go on before it "
+                                       "is cancelled"),
+    Option("github_secret_file", "path", None, "secret of the GitHub webhook (X-Hub-Signature-256)"),
+    Option("gitlab_token_file", "path", None, "secret token of the GitLab webhook (X-Gitlab-Token)"),
+    Option("hmac_secret_file", "path", None, "secret of the generic webhook (X-Signature: "
+                                             "sha256=HMAC of the body)"),
+    Option("alert_interval", "duration", 600.0, "at most one notification per environment and "
+                                                "kind within this time"),
+]}
+SOURCE_SCHEMA = {o.name: o for o in [
+    Option("name", "str", None, "name of the source in logs and the API (default: its env)"),
+    Option("interval", "duration", 120.0, "time between pull cycles"),
+    Option("jitter", "duration", 10.0, "random 0..N added to every interval"),
+    Option("drift_interval", "duration", 3600.0, "time between drift checks of the applied "
+                                                 "revision (0: never)"),
+    Option("drift", "choice", "report", "when a drift check finds changes: report them, or heal "
+                                        "(converge the applied revision again)",
+           ("report", "heal")),
+    Option("retry_base", "duration", 15.0, "first retry delay after a failed cycle; doubles on "
+                                           "every further failure"),
+    Option("retry_max", "duration", 600.0, "longest retry delay"),
+]}
+NOTIFY_KINDS = ("webhook", "slack")
+ALERT_EVENTS = ("failure", "recovery", "drift", "refused")
+STATUS_KINDS = {"github": "https://api.github.com", "gitlab": "https://gitlab.com"}
+
+
+@dataclass
+class Source:
+    name: str
+    settings: Settings
+    options: dict
+    windows: list
+    commit_status: dict | None = None
+
+
+@dataclass
+class AgentConfig:
+    path: str
+    agent: dict
+    sources: list[Source]
+    notify: list[dict]
+    json: bool = False
+    state_dir: Path | None = None
+
+
+def _table(data: dict, schema: dict, where: str) -> dict:
+    values = {name: option.default for name, option in schema.items()}
+    for key, raw in data.items():
+        option = schema.get(key)
+        if option is None:
+            raise ConfigError(where, key, "a known key (" + ", ".join(sorted(schema)) + ")")
+        values[key] = option.convert(raw, where)
+    return values
+
+
+def _source(path: str, index: int, table: dict, shared: dict, environ) -> Source:
+    from .schedule import ScheduleError, parse_window
+
+    where = f"{path}: sources[{index}]"
+    if not isinstance(table, dict):
+        raise ConfigError(path, f"sources[{index}]", "a table ([[sources]])")
+    table = dict(table)
+    windows_raw = table.pop("windows", [])
+    status_raw = table.pop("commit_status", None)
+    own = {k: table.pop(k) for k in list(table) if k in SOURCE_SCHEMA}
+    options = _table(own, SOURCE_SCHEMA, where)
+    values = {name: option.default for name, option in SCHEMA.items()}
+    sources = {name: "default" for name in SCHEMA}
+    _apply(values, sources, shared, path)
+    for key, raw in from_environ(environ).items():
+        _apply(values, sources, {key: raw}, f"environment variable {ENV_PREFIX}{key.upper()}")
+    for key in table:
+        if key not in SCHEMA:
+            raise ConfigError(where, key, "a known key (" + ", ".join(
+                sorted(set(SCHEMA) | set(SOURCE_SCHEMA) | {"windows", "commit_status"})) + ")")
+    if "state_dir" in table:
+        raise ConfigError(where, "state_dir", "no value here: the agent keeps one store; set "
+                                              "state_dir at the top of the file")
+    _apply(values, sources, table, where)
+    settings = Settings(values, sources)
+    for key in ("env", "repo"):
+        if not values.get(key):
+            raise ConfigError(where, key, "a value (every source needs repo and env)")
+    if not isinstance(windows_raw, list):
+        raise ConfigError(where, "windows", "a list of tables like {deny = \"0 8 * * 1-5\", "
+                                            "duration = \"10h\", timezone = \"UTC\"}")
+    windows = []
+    for number, raw in enumerate(windows_raw):
+        try:
+            windows.append(parse_window(raw if isinstance(raw, dict) else {}))
+        except ScheduleError as exc:
+            raise ConfigError(where, f"windows[{number}]", str(exc)) from None
+    if options["retry_max"] < options["retry_base"]:
+        raise ConfigError(where, "retry_max", f"at least retry_base ({options['retry_base']:g}s)",
+                          options["retry_max"])
+    name = options["name"] or values["env"]
+    return Source(name, settings, options, windows, _commit_status(where, status_raw))
+
+
+def _commit_status(where: str, raw) -> dict | None:
+    if raw is None:
+        return None
+    where = f"{where}.commit_status"
+    if not isinstance(raw, dict):
+        raise ConfigError(where, "-", "a table with kind, repository and token_file")
+    allowed = {"kind", "api_url", "repository", "token_file", "context"}
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(where, key, "one of " + ", ".join(sorted(allowed)))
+    if raw.get("kind") not in STATUS_KINDS:
+        raise ConfigError(where, "kind", "one of " + ", ".join(STATUS_KINDS), raw.get("kind"))
+    for key in ("repository", "token_file"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise ConfigError(where, key, "a string (repository: owner/name on GitHub, the "
+                                          "project path or id on GitLab)")
+    return {"api_url": STATUS_KINDS[raw["kind"]], **raw}
+
+
+def _notify(path: str, index: int, raw) -> dict:
+    where = f"{path}: notify[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(path, f"notify[{index}]", "a table ([[notify]])")
+    allowed = {"kind", "url", "url_file", "events"}
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(where, key, "one of " + ", ".join(sorted(allowed)))
+    if raw.get("kind") not in NOTIFY_KINDS:
+        raise ConfigError(where, "kind", "one of " + ", ".join(NOTIFY_KINDS), raw.get("kind"))
+    if bool(raw.get("url")) == bool(raw.get("url_file")):
+        raise ConfigError(where, "url", "exactly one of url or url_file (a file holding the URL, "
+                                        "for URLs that carry a token)")
+    events = raw.get("events", list(ALERT_EVENTS))
+    if not isinstance(events, list) or not set(events) <= set(ALERT_EVENTS):
+        raise ConfigError(where, "events", "a list of " + ", ".join(ALERT_EVENTS), events)
+    return {**raw, "events": events}
+
+
+def load_agent(path: str, flags: dict | None = None, environ=None) -> AgentConfig:
+    """The agent's TOML file, checked as a whole: one bad key refuses the file."""
+    environ = os.environ if environ is None else environ
+    data = read_toml(path)
+    agent = _table(data.pop("agent", {}), AGENT_SCHEMA, f"{path}: [agent]")
+    for key, raw in (flags or {}).items():
+        if key in AGENT_SCHEMA and raw is not None:
+            agent[key] = AGENT_SCHEMA[key].convert(raw, f"flag --{key.replace('_', '-')}")
+    raw_sources = data.pop("sources", [])
+    raw_notify = data.pop("notify", [])
+    shared = dict(data)
+    shared.update({k: v for k, v in (flags or {}).items() if k in SCHEMA})
+    for key, value in shared.items():
+        if isinstance(value, (dict, list)):
+            raise ConfigError(str(path), key, "a setting, [agent], [[sources]] or [[notify]]")
+    if not isinstance(raw_sources, list) or not raw_sources:
+        raise ConfigError(str(path), "sources", "at least one [[sources]] table with repo and env")
+    sources = [_source(str(path), i, table, shared, environ) for i, table in enumerate(raw_sources)]
+    seen: dict[str, str] = {}
+    for index, src in enumerate(sources):
+        for key, value in (("name", src.name), ("env", src.settings.env)):
+            if (key, value) in seen:
+                raise ConfigError(f"{path}: sources[{index}]", key,
+                                  f"a unique value ({value!r} is used by {seen[(key, value)]})")
+            seen[(key, value)] = f"sources[{index}]"
+    notify = [_notify(str(path), i, raw) for i, raw in enumerate(raw_notify)] \
+        if isinstance(raw_notify, list) else []
+    return AgentConfig(str(path), agent, sources, notify, json=sources[0].settings.json,
+                       state_dir=sources[0].settings.state_path)

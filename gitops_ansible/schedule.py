@@ -119,3 +119,152 @@ def parse_interval(text: str) -> int:
         raise ScheduleError(f"--interval {text!r}: expected minutes like 5, 5m or 2h")
     value = int(match.group(1))
     return value * 60 if match.group(2) == "h" else value
+
+
+def agent_unit(name: str, config: str, user: str | None = None) -> str:
+    """The agent as a service: restarted on failure; SIGTERM lets the running cycle finish
+    within the config's grace (TimeoutStopSec leaves room for it); reload sends SIGHUP."""
+    command = _systemd_quote([executable(), "agent", "--config", config])
+    account = (f"User={user}\nGroup={user}\n" if user else
+               "# Run it as a dedicated user: see the README (User=gitops-ansible)\n")
+    return f"""[Unit]
+Description=gitops-ansible agent ({config})
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=simple
+EnvironmentFile=-/etc/gitops-ansible/env
+ExecStart={command}
+ExecReload=/bin/kill -HUP $MAINPID
+KillMode=mixed
+KillSignal=SIGTERM
+TimeoutStopSec=15min
+Restart=on-failure
+RestartSec=10s
+{account}StateDirectory=gitops-ansible
+Nice=5
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def write_agent_unit(directory: Path, name: str, config: str, user: str | None = None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.service"
+    path.write_text(agent_unit(name, config, user))
+    return path
+
+# -- maintenance windows (the agent) --------------------------------------------------
+CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12),
+               ("day of week", 0, 7))
+
+
+def parse_cron_field(text: str, name: str, low: int, high: int) -> frozenset[int]:
+    """One crontab field: ``*``, ``5``, ``1-5``, ``*/15``, ``0-30/10`` and lists of them."""
+    values: set[int] = set()
+    for part in text.split(","):
+        match = re.fullmatch(r"(\*|\d+(?:-\d+)?)(?:/(\d+))?", part.strip())
+        if not match:
+            raise ScheduleError(f"{name} {part!r}: expected *, N, N-M or */STEP")
+        span, step = match.group(1), int(match.group(2) or 1)
+        if span == "*":
+            first, last = low, high
+        else:
+            first, _, end = span.partition("-")
+            first, last = int(first), int(end or first)
+        if not (low <= first <= last <= high) or step == 0:
+            raise ScheduleError(f"{name} {part!r}: expected values {low}-{high}")
+        values.update(range(first, last + 1, step))
+    if name == "day of week" and 7 in values:  # 7 is Sunday too
+        values = (values - {7}) | {0}
+    return frozenset(values)
+
+
+@dataclass(frozen=True)
+class Cron:
+    """A five-field crontab schedule; ``matches`` a wall-clock minute."""
+    text: str
+    fields: tuple
+
+    @classmethod
+    def parse(cls, text: str) -> "Cron":
+        parts = text.split()
+        if len(parts) != 5:
+            raise ScheduleError(f"{text!r}: expected five fields (minute hour day month weekday)")
+        return cls(text, tuple(parse_cron_field(p, *spec) for p, spec in zip(parts, CRON_FIELDS)))
+
+    def matches(self, when) -> bool:
+        minute, hour, day, month, weekday = self.fields
+        return (when.minute in minute and when.hour in hour and when.month in month
+                and when.day in day and (when.isoweekday() % 7) in weekday)
+
+
+def parse_duration(text) -> float:
+    """Seconds from 90, '90', '90s', '15m', '2h', '1d' (also '1h30m')."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool) and text >= 0:
+        return float(text)
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "": 1}
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|)", str(text).strip())
+    if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s", "", str(text)):
+        raise ScheduleError(f"{text!r}: expected a duration such as 30s, 5m, 2h or 1h30m")
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A maintenance window: from every minute that ``cron`` matches, for ``duration``,
+    in ``timezone``. ``allow`` windows: changing runs only inside one of them; ``deny``
+    windows: never inside one."""
+    kind: str  # allow | deny
+    cron: Cron
+    duration: float
+    timezone: str
+
+    def active(self, now: float) -> bool:
+        from datetime import datetime, timedelta
+        from zoneinfo import ZoneInfo
+
+        local = datetime.fromtimestamp(now, ZoneInfo(self.timezone)).replace(second=0,
+                                                                             microsecond=0)
+        steps = max(1, int(self.duration // 60))
+        # Walk back over the window's length: active if a start lies within it.
+        return any(self.cron.matches(local - timedelta(minutes=back)) for back in range(steps))
+
+    def describe(self) -> str:
+        return f"{self.kind} '{self.cron.text}' for {self.duration / 60:g} min ({self.timezone})"
+
+
+def parse_window(data: dict) -> Window:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    kinds = [k for k in ("allow", "deny") if k in data]
+    if len(kinds) != 1:
+        raise ScheduleError("expected exactly one of allow = \"CRON\" or deny = \"CRON\"")
+    unknown = set(data) - {"allow", "deny", "duration", "timezone"}
+    if unknown:
+        raise ScheduleError(f"unknown keys {sorted(unknown)}: expected allow|deny, duration, "
+                            "timezone")
+    if "timezone" not in data:
+        raise ScheduleError("timezone is required (an IANA name such as Europe/Berlin or UTC)")
+    try:
+        ZoneInfo(str(data["timezone"]))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ScheduleError(f"timezone {data['timezone']!r}: expected an IANA time zone name "
+                            "such as Europe/Berlin or UTC") from None
+    duration = parse_duration(data.get("duration", "1h"))
+    if not 60 <= duration <= 7 * 86400:
+        raise ScheduleError(f"duration {data.get('duration')!r}: expected 1m to 7d")
+    return Window(kinds[0], Cron.parse(str(data[kinds[0]])), duration, str(data["timezone"]))
+
+
+def blocking_window(windows, now: float) -> str | None:
+    """Why a changing run may not start now (None: it may)."""
+    for window in windows:
+        if window.kind == "deny" and window.active(now):
+            return f"inside deny window {window.describe()}"
+    allows = [w for w in windows if w.kind == "allow"]
+    if allows and not any(w.active(now) for w in allows):
+        return "outside every allow window (" + "; ".join(w.describe() for w in allows) + ")"
+    return None

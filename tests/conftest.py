@@ -38,6 +38,9 @@ def settings_for(tmp_path):
     return build
 
 
+NO_STATE = ("install-timer", "install-service", "sync", "init")
+
+
 class Cli:
     """gitops-ansible as a user runs it: a separate process, exit code and output."""
 
@@ -48,7 +51,7 @@ class Cli:
     def __call__(self, *args, timeout: float = 600, check_code: int | None = None,
                  **popen) -> subprocess.CompletedProcess:
         argv = [sys.executable, "-m", "gitops_ansible", *[str(a) for a in args]]
-        if args and args[0] not in ("install-timer",) and "--state-dir" not in args:
+        if args and args[0] not in NO_STATE and "--state-dir" not in args:
             argv += ["--state-dir", str(self.state_dir)]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                               env=self.env, cwd=popen.get("cwd"))
@@ -83,3 +86,25 @@ def git_servers(tmp_path_factory):
 def copy_base(dest: Path) -> Path:
     shutil.copytree(CASES / "base", dest, dirs_exist_ok=True)
     return dest
+
+
+def local_estate(git_servers, tmp_path: Path, name: str, **group_vars):
+    """A served repository holding the base example with two `local` targets, alpha and
+    beta, that write their greeting into ``tree.out``."""
+    from tests.lab.gitserver import WorkTree
+
+    name = name.replace("[", "-").replace("]", "")
+    bare = git_servers.create(name)
+    tree = WorkTree(bare, tmp_path / "worktree")
+    copy_base(tree.path)
+    out = tmp_path / "out"
+    out.mkdir()
+    tree.write("inventories/dev/hosts.yml", "---\nall:\n  children:\n    controllers:\n"
+               "      hosts:\n        alpha:\n        beta:\n")
+    extra = "".join(f"{key}: {value}\n" for key, value in group_vars.items())
+    tree.write("inventories/dev/group_vars/controllers.yml",
+               f"---\nplatform: local\nansible_connection: local\ngreet_dir: {out}\n{extra}")
+    (tree.path / "inventories/dev/group_vars/web.yml").unlink()
+    tree.revision = tree.commit("estate: two local targets")
+    tree.name, tree.out = name, out
+    return tree

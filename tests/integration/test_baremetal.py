@@ -42,20 +42,24 @@ def lab_inventory(tree_path: Path, lab) -> None:
     (inv / "hosts.yml").write_text("---\n" + yaml.safe_dump(hosts, sort_keys=False))
 
 
-@pytest.fixture
-def estate(git_servers, host_lab, tmp_path, request):
+def lab_estate(git_servers, host_lab, tmp_path: Path, name: str) -> WorkTree:
     """Pristine lab hosts and a served repository with the project's content."""
-    for name in host_lab.hosts:
-        host_lab.reset_host(name)
-    bare = git_servers.create(request.node.name)
+    for host in host_lab.hosts:
+        host_lab.reset_host(host)
+    bare = git_servers.create(name)
     tree = WorkTree(bare, tmp_path / "worktree")
     for part in ("playbooks", "roles"):
         tree.copy_tree(ROOT / part, part)
     shutil.copy(ROOT / "ansible.cfg", tree.path / "ansible.cfg")
     lab_inventory(tree.path, host_lab)
     tree.revision = tree.commit("the estate, with a lab inventory")
-    tree.url = git_servers.url(request.node.name, "git")
+    tree.url = git_servers.url(name, "git")
     return tree
+
+
+@pytest.fixture
+def estate(git_servers, host_lab, tmp_path, request):
+    return lab_estate(git_servers, host_lab, tmp_path, request.node.name)
 
 
 def run(cli, estate, *extra, code=None):

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from gitops_ansible.execute import orphans
-from tests.conftest import copy_base
-from tests.lab.gitserver import WorkTree
+from tests.conftest import local_estate
 
 pytestmark = pytest.mark.git
 
@@ -25,20 +24,7 @@ pytestmark = pytest.mark.git
 @pytest.fixture
 def estate(git_servers, tmp_path, request):
     """A served repository holding the base example with two local targets."""
-    name = request.node.name.replace("[", "-").replace("]", "")
-    bare = git_servers.create(name)
-    tree = WorkTree(bare, tmp_path / "worktree")
-    copy_base(tree.path)
-    out = tmp_path / "out"
-    out.mkdir()
-    tree.write("inventories/dev/hosts.yml", "---\nall:\n  children:\n    controllers:\n"
-               "      hosts:\n        alpha:\n        beta:\n")
-    tree.write("inventories/dev/group_vars/controllers.yml",
-               f"---\nplatform: local\nansible_connection: local\ngreet_dir: {out}\n")
-    (tree.path / "inventories/dev/group_vars/web.yml").unlink()
-    tree.revision = tree.commit("estate: two local targets")
-    tree.name, tree.out = name, out
-    return tree
+    return local_estate(git_servers, tmp_path, request.node.name)
 
 
 def runs(state_dir: Path) -> list[dict]:

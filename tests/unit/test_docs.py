@@ -15,3 +15,10 @@ def test_every_setting_is_documented_with_flag_and_variable():
 def test_every_exit_code_is_documented():
     for code in ExitCode:
         assert f"\n| {int(code)} | " in README, code
+
+
+def test_every_agent_key_is_documented():
+    from gitops_ansible.config import AGENT_SCHEMA, SOURCE_SCHEMA
+
+    for name in [*AGENT_SCHEMA, *SOURCE_SCHEMA, "windows", "commit_status"]:
+        assert f"\n| `{name}` | " in README, name
