@@ -42,7 +42,7 @@ test-compat:
 	  if [ "$$CI" = true ]; then echo "CI=true: Python 3.11 is missing for test-compat"; exit 1; fi; \
 	  echo "test-compat: no Python 3.11 here, skipped"; exit 0; fi; \
 	test -x .venv-compat/bin/python || $(COMPAT_PYTHON) -m venv .venv-compat; \
-	.venv-compat/bin/pip install -q -e . pytest 'ansible-core>=2.19,<2.20' && \
+	.venv-compat/bin/pip install -q -e . pytest prometheus_client==0.26.0 'ansible-core>=2.19,<2.20' && \
 	.venv-compat/bin/python -c 'import ansible, sys; print("compat: Python", sys.version.split()[0], "ansible-core", ansible.__version__)' && \
 	.venv-compat/bin/python -m pytest -q tests/unit \
 	  "tests/integration/test_pull.py::test_run_converges_then_nothing_to_do_then_new_commit"
