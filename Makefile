@@ -55,3 +55,7 @@ demo-down:  ## stop the demo hosts
 
 clean:
 	rm -rf $(VENV) .venv-compat *.egg-info
+
+.PHONY: kube-assets
+kube-assets: venv  ## build the cached Kubernetes binaries for the tests (once per machine, ~37 min)
+	$(PY) -m tests.lab.kube build

@@ -43,3 +43,31 @@ def host_lab(lab_rootfs, tmp_path_factory):
                   rootfs=lab_rootfs)
     with lab:
         yield lab
+
+
+# ---- Kubernetes lab (etcd + kube-apiserver + controllers + kwok; see kube.py) -------------
+@pytest.fixture(scope="session")
+def kube_assets():
+    """(session) KubeAssets: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
+    kwok, from KUBEBUILDER_ASSETS or the per-machine cache (built from the Go module proxy on
+    first use, ~37 min on 2 cores; `make kube-assets` builds ahead)."""
+    from .kube import ensure_assets, unavailable_reason as kube_unavailable_reason
+
+    reason = kube_unavailable_reason()
+    if reason and os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true and the Kubernetes lab cannot run: {reason}", pytrace=False)
+    if reason:
+        pytest.skip(reason)
+    return ensure_assets()
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(kube_assets, tmp_path_factory):
+    """(session) a started KubeCluster "lab": kubeconfig context "lab", one kwok node
+    lab-node-1 on which pods become Running and Ready; stopped at the session's end. Tests
+    use namespaces of their own and delete them. A second cluster for multi-cluster tests:
+    KubeCluster(tmp_path_factory.mktemp(...), "other", assets=kube_assets)."""
+    from .kube import KubeCluster
+
+    with KubeCluster(tmp_path_factory.mktemp("kube-lab"), "lab", assets=kube_assets) as cluster:
+        yield cluster
