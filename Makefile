@@ -6,7 +6,8 @@ PYTHON ?= $(shell scripts/python.sh)
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := git openssh-server openssh-client debootstrap iproute2 openssl systemd \
-                util-linux procps ca-certificates
+                util-linux procps ca-certificates qemu-system-x86 qemu-utils libvirt-clients \
+                libvirt-daemon-system libvirt-daemon-system-sysv libvirt-dev pkg-config
 PYTEST_ARGS ?=
 COMPAT_PYTHON ?= $(shell scripts/python.sh 3.11 2>/dev/null)
 
@@ -46,6 +47,9 @@ test-compat:
 	.venv-compat/bin/python -c 'import ansible, sys; print("compat: Python", sys.version.split()[0], "ansible-core", ansible.__version__)' && \
 	.venv-compat/bin/python -m pytest -q tests/unit \
 	  "tests/integration/test_pull.py::test_run_converges_then_nothing_to_do_then_new_commit"
+
+vm-assets: system venv  ## build the cached guest image for the vm tests (once per machine, 5-7 min)
+	$(PY) -m tests.lab.guest build
 
 demo: system venv  ## converge the built-in example (inventories/local) on 3 bare hosts
 	$(PY) -m tests.lab.demo

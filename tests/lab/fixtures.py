@@ -45,6 +45,23 @@ def host_lab(lab_rootfs, tmp_path_factory):
         yield lab
 
 
+# ---- VM lab (libvirt + qemu TCG guests; see libvirt.py and guest.py) ------------------
+@pytest.fixture(scope="session")
+def vm_lab(tmp_path_factory):
+    """(session) a started VmLab: libvirtd running, guest image cached (built on first use,
+    5-7 min), client key pair, domain prefix gatlab-; every gatlab-* domain is destroyed and
+    undefined at the start (leftovers of a crashed run) and at the end of the session."""
+    from .libvirt import VmLab, unavailable_reason as vm_unavailable_reason
+
+    reason = vm_unavailable_reason()
+    if reason and os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true and the VM lab cannot run: {reason}", pytrace=False)
+    if reason:
+        pytest.skip(reason)
+    with VmLab(tmp_path_factory.mktemp("vm-lab"), prefix="gatlab-") as lab:
+        yield lab
+
+
 # ---- Kubernetes lab (etcd + kube-apiserver + controllers + kwok; see kube.py) -------------
 @pytest.fixture(scope="session")
 def kube_assets():

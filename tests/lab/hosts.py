@@ -342,7 +342,7 @@ class HostLab:
             if proc.poll() is not None:
                 raise RuntimeError(f"host {name} exited with {proc.returncode}:\n"
                                    + log.read_text(errors="replace")[-2000:])
-            return _ssh_banner(host.address, host.port)
+            return ssh_banner(host.address, host.port)
         _wait(ready, 30, f"sshd on {name}", log)
 
     def _pid1(self, name: str) -> int:
@@ -452,10 +452,11 @@ def _connects(address: str, port: int) -> bool:
         return False
 
 
-def _ssh_banner(address: str, port: int) -> bool:
+def ssh_banner(address: str, port: int, timeout: float = 1) -> bool:
+    """Does an SSH server answer there (its banner, not only the TCP port)?"""
     try:
-        with socket.create_connection((address, port), timeout=1) as sock:
-            sock.settimeout(2)
+        with socket.create_connection((address, port), timeout=timeout) as sock:
+            sock.settimeout(2 * timeout)
             return sock.recv(4).startswith(b"SSH-")
     except OSError:
         return False

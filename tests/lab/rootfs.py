@@ -102,27 +102,33 @@ def _rootfs_sources() -> tuple[str, str]:
     return mirror, "\n".join(lines) + "\n"
 
 
-def ensure_rootfs(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Path of the cached rootfs, building it first if this machine has none yet."""
-    root = cache_root(cache_dir)
+def build_once(root: Path, key: str, done, build) -> Path:
+    """ROOT/KEY, built by ``build(tmp, log_path)`` unless ``done(ROOT/KEY)`` says it exists:
+    under a lock (a concurrent builder finishes first; we then reuse its result), into a
+    temporary directory renamed into place, so a killed build never looks finished."""
     root.mkdir(parents=True, exist_ok=True)
-    final = root / ROOTFS_KEY
-    if final.is_dir():
+    final = root / key
+    if done(final):
         return final
-    with open(root / f"{ROOTFS_KEY}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent builder finishes first; we then reuse
-        if final.is_dir():
+    with open(root / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done(final):
             return final
-        for stale in root.glob(f"{ROOTFS_KEY}.tmp-*"):  # from a crashed build; we hold the lock
+        for stale in root.glob(f"{key}.tmp-*"):  # from a crashed build; we hold the lock
             _remove_tree(stale)
-        tmp = root / f"{ROOTFS_KEY}.tmp-{os.getpid()}"
+        tmp = root / f"{key}.tmp-{os.getpid()}"
         try:
-            _build(tmp, root / f"{ROOTFS_KEY}.log")
+            build(tmp, root / f"{key}.log")
             tmp.rename(final)
         finally:
             if tmp.exists():
                 _remove_tree(tmp)
     return final
+
+
+def ensure_rootfs(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Path of the cached rootfs, building it first if this machine has none yet."""
+    return build_once(cache_root(cache_dir), ROOTFS_KEY, Path.is_dir, _build)
 
 
 def _build(target: Path, log_path: Path) -> None:
