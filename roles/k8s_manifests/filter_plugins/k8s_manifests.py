@@ -211,7 +211,7 @@ def changes(register, objects):
             continue
         was, now = dict(_paths(before)), dict(_paths(after))
         skip = ("metadata.managedFields", "metadata.resourceVersion", "metadata.generation",
-                "status")
+                "status", "metadata.annotations." + ANNOTATION)
         paths = [p for p in sorted(set(was) | set(now)) if not p.startswith(skip)]
         shown = [f"{p}: {_value(was.get(p))} -> {_value(now.get(p))}" for p in paths[:6]]
         more = f" (+{len(paths) - 6} more)" if len(paths) > 6 else ""
