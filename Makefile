@@ -11,7 +11,7 @@ APT_PACKAGES := git openssh-server openssh-client debootstrap iproute2 openssl s
 PYTEST_ARGS ?=
 COMPAT_PYTHON ?= $(shell scripts/python.sh 3.11 2>/dev/null)
 
-.PHONY: all demo demo-down test test-unit test-compat system venv clean
+.PHONY: all demo demo-down test test-unit test-compat system venv collections clean
 all: test
 
 system:  ## Debian packages the lab and the tests need (installed only when missing)
@@ -29,7 +29,16 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-test: system venv  ## the whole suite (root: bare hosts in namespaces; CI=true fails on what is missing)
+# The Kubernetes platform: the kubernetes Python client and the kubernetes.core collection,
+# taken from the `ansible` wheel on PyPI (Galaxy is not needed, nor reachable here).
+$(VENV)/.collections: $(VENV)/.installed scripts/kube_collection.py
+	$(PY) -m pip install -q -e '.[kubernetes]'
+	$(PY) scripts/kube_collection.py
+	touch $@
+
+collections: $(VENV)/.collections
+
+test: system venv collections  ## the whole suite (root: bare hosts in namespaces; CI=true fails on what is missing)
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-compat
 
@@ -51,7 +60,7 @@ test-compat:
 vm-assets: system venv  ## build the cached guest image for the vm tests (once per machine, 5-7 min)
 	$(PY) -m tests.lab.guest build
 
-demo: system venv  ## converge the built-in example (inventories/local) on 3 bare hosts
+demo: system venv collections  ## converge the built-in example (inventories/local) on 3 bare hosts
 	$(PY) -m tests.lab.demo
 
 demo-down:  ## stop the demo hosts

@@ -18,6 +18,9 @@ from pathlib import Path
 from .report import Redactor
 from .store import HostResult, TaskResult
 
+# A task reports per-item changes (e.g. one line per Kubernetes object) by showing a list
+# in this variable with ansible.builtin.debug; it becomes the task result's message.
+REPORT_VAR = "gitops_report"
 RESULT_EVENTS = {"runner_on_ok": "ok", "runner_on_failed": "failed",
                  "runner_on_unreachable": "unreachable", "runner_on_skipped": "skipped"}
 
@@ -63,6 +66,8 @@ class Execution:
         if status in ("failed", "unreachable"):
             message = res.get("msg") or res.get("stderr") or res.get("reason")
             message = str(message).strip().splitlines()[-1][:500] if message else status
+        elif isinstance(res.get(REPORT_VAR), list) and res[REPORT_VAR]:
+            message = "; ".join(str(item) for item in res[REPORT_VAR])[:2000]
         result = TaskResult(host=data.get("host", "?"), task=data.get("task", ""),
                             role=data.get("role"), status=status,
                             duration=data.get("duration"), message=message)
@@ -91,6 +96,9 @@ class Execution:
 
 
 RUN_ID_VAR = "GITOPS_ANSIBLE_RUN_ID"
+# Extra variable carrying the revision being converged (roles record it, e.g. on
+# Kubernetes objects); plain ansible-playbook runs leave it undefined.
+REVISION_VAR = "gitops_revision"
 
 
 def _diffs(res: dict) -> list:
@@ -145,7 +153,8 @@ def execute(plan, run_id: str, private_dir: Path, redactor: Redactor, listener=N
                   playbook=plan.playbook, inventory=str(plan.inventory), ident=run_id,
                   envvars=runner_env(plan, run_id), cmdline=cmdline(plan) or None, quiet=True,
                   event_handler=execution.handle, cancel_callback=cancel.is_set,
-                  limit=plan.effective_limit(), tags=plan.tags, skip_tags=plan.skip_tags)
+                  limit=plan.effective_limit(), tags=plan.tags, skip_tags=plan.skip_tags,
+                  extravars={REVISION_VAR: plan.revision} if plan.revision else None)
     if plan.timeout:
         kwargs["timeout"] = plan.timeout
     runner = ansible_runner.run(**{k: v for k, v in kwargs.items() if v is not None})

@@ -11,6 +11,7 @@ platform playbook applies; every host of that platform must define them.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class Target:
     name: str
     platform: str
     vars: dict = field(default_factory=dict)  # connection variables only
+    manifest_dirs: object = None  # kubernetes: k8s_manifests_dirs as the inventory sets it
 
     @property
     def is_ssh(self) -> bool:
@@ -289,8 +291,10 @@ def load(checkout: Path, settings) -> Inventory:
     if problems:
         raise Refused(problems)
     targets, host_vars = _ansible_inventory(inv_path, checkout, settings, scan)
+    _mark_local(targets, platforms)
     problems = _check_targets(targets, platforms, scan, inv_rel, env)
     problems += _check_roles(checkout, targets, host_vars, platforms)
+    problems += _check_manifests(checkout, targets)
     if problems:
         raise Refused(problems)
     return Inventory(env, inv_path, targets, secrets)
@@ -322,6 +326,8 @@ def _ansible_inventory(inv_path: Path, checkout: Path, settings, scan: Scan):
         conn = {k: str(values[k]) for k in CONNECTION_VARS if values.get(k) is not None}
         conn.setdefault("ansible_host", host.address or host.name)
         targets[host.name] = Target(host.name, str(platform) if platform is not None else "", conn)
+        if values.get("k8s_manifests_dirs") is not None:
+            targets[host.name].manifest_dirs = values["k8s_manifests_dirs"]
         host_vars[host.name] = set(values)
     return targets, host_vars
 
@@ -363,4 +369,94 @@ def _check_roles(checkout: Path, targets, host_vars, platforms) -> list[Problem]
                     problems.append(Problem(_rel(spec, checkout), _line_of(spec, f"{var}:"),
                                             f"role '{role}' requires variable '{var}', not set "
                                             f"for host(s) {', '.join(missing)}"))
+    return problems
+
+
+def _local_platforms(platforms: dict[str, Path]) -> set[str]:
+    """Platforms whose playbook runs every play with `connection: local` (clusters, the
+    controller): their targets are never SSH hosts, whatever the inventory says."""
+    local = set()
+    for name, path in platforms.items():
+        try:
+            plays = [p for p in (_load_yaml(path) or []) if isinstance(p, dict)
+                     and "hosts" in p]
+        except (OSError, yaml.YAMLError):
+            continue
+        if plays and all(p.get("connection") == "local" for p in plays):
+            local.add(name)
+    return local
+
+
+def _mark_local(targets, platforms) -> None:
+    local = _local_platforms(platforms)
+    for target in targets.values():
+        if target.platform in local:
+            target.vars["ansible_connection"] = "local"
+
+
+KUBERNETES = "kubernetes"
+_HOSTNAME_VAR = re.compile(r"{{\s*inventory_hostname\s*}}")
+
+
+def _manifest_dirs(target) -> list[str]:
+    dirs = target.manifest_dirs
+    if dirs is None:
+        return [f"clusters/{target.name}"]
+    if isinstance(dirs, str):
+        dirs = [dirs]
+    out = []
+    for item in dirs if isinstance(dirs, list) else []:
+        item = _HOSTNAME_VAR.sub(target.name, str(item))
+        if "{{" not in item and "{%" not in item:  # other templating: the role checks it
+            out.append(item)
+    return out
+
+
+def _check_manifests(checkout: Path, targets) -> list[Problem]:
+    """Kubernetes manifests of every cluster target: the directories exist, every file is
+    YAML, every document has apiVersion and kind. Files with Jinja2 in them are checked by
+    the role after rendering (still before anything is applied)."""
+    problems, seen = [], set()
+    for target in sorted(targets.values(), key=lambda t: t.name):
+        if target.platform != KUBERNETES:
+            continue
+        for rel in _manifest_dirs(target):
+            base = Path(rel) if Path(rel).is_absolute() else checkout / rel
+            if not base.is_dir():
+                problems.append(Problem(rel, None, f"host '{target.name}': manifest directory "
+                                        "not found"))
+                continue
+            for path in sorted(base.rglob("*")):
+                if path.suffix in (".yml", ".yaml") and path.is_file() and path not in seen:
+                    seen.add(path)
+                    problems += _check_manifest(path, _rel(path, checkout))
+    return problems
+
+
+def _check_manifest(path: Path, rel: str) -> list[Problem]:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        return [Problem(rel, None, f"cannot read: {exc}")]
+    if "{{" in text or "{%" in text:
+        return []
+    problems = []
+    try:
+        for number, doc in enumerate(yaml.compose_all(text, Loader=_Loader), 1):
+            if doc is None:
+                continue
+            line = doc.start_mark.line + 1
+            if not isinstance(doc, yaml.MappingNode):
+                problems.append(Problem(rel, line, f"document {number}: not a mapping"))
+                continue
+            keys = {k.value for k, v in doc.value if isinstance(k, yaml.ScalarNode)
+                    and isinstance(v, yaml.ScalarNode) and v.value}
+            missing = [k for k in ("apiVersion", "kind") if k not in keys]
+            if missing:
+                problems.append(Problem(rel, line, f"document {number}: no "
+                                        f"{' and no '.join(missing)}"))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        detail = " ".join(str(part) for part in (exc.context, exc.problem) if part)
+        problems.append(Problem(rel, mark.line + 1 if mark else None, f"invalid YAML: {detail}"))
     return problems
