@@ -333,3 +333,30 @@ def test_two_clusters_and_a_mixed_environment(cli, git_servers, kube_cluster, ot
     assert out.is_dir()
     assert get(kube_cluster, "namespace", "t-mixed") is not None
     assert get(other, "namespace", "t-mixed") is None
+
+
+@pytest.mark.baremetal
+def test_a_cluster_beside_bare_hosts(cli, git_servers, host_lab, kube_cluster, tmp_path,
+                                     request):  # noqa: F811
+    """The project's estate on the lab's SSH hosts plus a cluster in the same environment:
+    the bare hosts get the host roles only, the cluster the manifests role only."""
+    from tests.integration.test_baremetal import VAULT, lab_estate
+
+    tree = lab_estate(git_servers, host_lab, tmp_path, request.node.name)
+    inventory = tree.path / "inventories/lab/hosts.yml"
+    hosts = yaml.safe_load(inventory.read_text())
+    hosts["all"]["children"]["clusters"] = {"hosts": {"lab-k8s": cluster_target(kube_cluster)}}
+    inventory.write_text("---\n" + yaml.safe_dump(hosts, sort_keys=False))
+    tree.write("clusters/lab-k8s/app.yaml", docs(namespace("t-beside-hosts")))
+    tree.commit("a cluster beside the bare hosts")
+
+    done = run(cli, tree, "lab", *VAULT, "--json", code=2)
+    roles = {}
+    for e in events(done):
+        if e["event"] == "task_result" and e["status"] != "skipped":
+            roles.setdefault(e["host"], set()).add(e["role"])
+    assert roles["lab-k8s"] - {None} == {"k8s_manifests"}, roles
+    for host in ("web-1", "web-2", "db-1"):
+        assert roles[host] - {None} and all(r.startswith("host_") for r in roles[host] - {None})
+    assert get(kube_cluster, "namespace", "t-beside-hosts") is not None
+    assert "deploy:" in host_lab.exec("web-1", ["getent", "passwd", "deploy"]).stdout
