@@ -105,9 +105,11 @@ class Store:
         self._migrate()
 
     def _migrate(self) -> None:
+        have: dict[str, set[str]] = {}
         for table, column, kind in MIGRATIONS:
-            have = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
-            if column not in have:
+            if table not in have:  # one look per table on every open, not one per column
+                have[table] = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in have[table]:
                 try:
                     self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
                 except sqlite3.OperationalError as exc:  # another process added it first
