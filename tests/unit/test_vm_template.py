@@ -1,4 +1,4 @@
-"""roles/vm_define/templates/domain.xml.j2: the domain the VM platform defines.
+"""roles/vm/templates/domain.xml.j2: the domain the VM platform defines.
 
 Rendered with plain Jinja2 (the template uses only builtin filters), then compared with the
 lab's domain (tests/lab/libvirt.py:domain_xml), which boots under TCG on these machines:
@@ -16,7 +16,7 @@ from tests.conftest import ROOT
 from tests.lab.guest import GuestImage
 from tests.lab.libvirt import domain_xml
 
-ROLE = ROOT / "roles" / "vm_define"
+ROLE = ROOT / "roles" / "vm"
 NS = "https://gitops-ansible.dev/xmlns/vm/1"
 
 
