@@ -1,8 +1,9 @@
 """The `vm` platform end to end: playbooks/site.yml converges a VM declared in an inventory
 on a local hypervisor (the lab's libvirtd, guest image and key; tests/lab/libvirt.py).
 
-One boot for the module: converge (define, start, SSH, host roles), an unchanged rerun, then
-a memory change reported as a pending restart. The refusals boot nothing.
+One VM for the module: converge (define, start, SSH, host roles), an unchanged rerun, a
+memory change reported as a pending restart, then applied by a restart (a second boot).
+The refusals boot nothing.
 """
 from __future__ import annotations
 
@@ -123,6 +124,14 @@ def test_converge_rerun_and_pending_restart(vm_lab, tmp_path):
         assert f"{768 * 1024} KiB" in vm_lab.virsh("dominfo", name).stdout  # still running old
         assert "<memory unit='KiB'>1048576</memory>" in vm_lab.virsh(
             "dumpxml", "--inactive", name).stdout
+
+        inventory = write_inventory(vm_lab, tmp_path, {
+            name: {**vm, "vm_memory_mib": 1024, "vm_restart_policy": "restart"}})
+        restarted = converge(inventory)
+        assert restarted.returncode == 0, restarted.stdout[-4000:]
+        assert "Shut the VM down" in restarted.stdout
+        assert "PENDING RESTART" not in restarted.stdout
+        assert f"{1024 * 1024} KiB" in vm_lab.virsh("dominfo", name).stdout
     finally:
         vm_lab.virsh("destroy", name, check=False)
         vm_lab.virsh("undefine", name, check=False)
