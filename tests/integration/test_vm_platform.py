@@ -1,12 +1,14 @@
-"""The `vm` platform end to end: playbooks/site.yml converges a VM declared in an inventory
-on a local hypervisor (the lab's libvirtd, guest image and key; tests/lab/libvirt.py).
+"""The `vm` platform end to end on a local hypervisor (the lab's libvirtd, guest image and
+key; tests/lab/libvirt.py).
 
-One VM for the module: converge (define, start, SSH, host roles), an unchanged rerun, a
-memory change reported as a pending restart, then applied by a restart (a second boot).
-The refusals boot nothing.
+One VM for the module, driven by commits and `gitops-ansible run` in an environment that
+also holds the lab's bare hosts: converge (define, start, SSH, guest roles), an unchanged
+rerun, a memory change reported as a pending restart then applied by a restart (a second
+boot), removal from Git reported as orphaned, then pruned. The refusals boot nothing.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +19,7 @@ import yaml
 
 from tests.conftest import ROOT
 from tests.lab.fixtures import vm_lab  # noqa: F401  (pytest fixture)
-from tests.lab.libvirt import free_port
+from tests.lab.libvirt import free_port, qemu_pid
 
 pytestmark = pytest.mark.vm
 NS = "https://gitops-ansible.dev/xmlns/vm/1"
@@ -26,7 +28,7 @@ NS = "https://gitops-ansible.dev/xmlns/vm/1"
 def write_inventory(lab, tmp_path: Path, vms: dict) -> Path:
     image = lab.image
     group_vars = {
-        "platform": "vm", "vm_hypervisor": "localhost",
+        "platform": "vm", "vm_hypervisor": "localhost", "vm_hypervisors": ["localhost"],
         "ansible_host": "127.0.0.1", "ansible_port": "{{ vm_ssh_port }}", "ansible_user": "root",
         "ansible_ssh_private_key_file": str(lab.key),
         "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
@@ -73,10 +75,24 @@ def test_bad_definitions_are_refused_before_anything_is_touched(vm_lab, tmp_path
     inventory = write_inventory(vm_lab, tmp_path, {
         f"{vm_lab.prefix}a": {"vm_image": "debian", "vm_ssh_port": port},
         f"{vm_lab.prefix}b": {"vm_image": "debian", "vm_ssh_port": port},
+        f"{vm_lab.prefix}c": {"vm_image": "debian", "vm_ssh_port": free_port(),
+                              "vm_name": f"{vm_lab.prefix}a"},
     })
     done = converge(inventory)
     assert done.returncode != 0
     assert f"SSH port {port} on localhost is taken by" in done.stdout
+    assert f"VM name {vm_lab.prefix}a is declared by {vm_lab.prefix}a, {vm_lab.prefix}c" \
+        in done.stdout, done.stdout[-3000:]
+    assert not (tmp_path / "vms").exists()
+    assert vm_lab.domains() == []
+
+    inventory = write_inventory(vm_lab, tmp_path, {
+        f"{vm_lab.prefix}a": {"vm_image": "debian", "vm_ssh_port": port,
+                              "vm_hypervisor": "hv-elsewhere"}})
+    done = converge(inventory)
+    assert done.returncode != 0
+    assert "vm_hypervisor is hv-elsewhere, which vm_hypervisors (localhost) does not list" \
+        in done.stdout, done.stdout[-3000:]
     assert vm_lab.domains() == []
 
 
@@ -95,43 +111,144 @@ def test_a_domain_that_is_not_ours_is_left_alone(vm_lab, tmp_path):
         vm_lab.virsh("undefine", foreign.name, check=False)
 
 
-def test_converge_rerun_and_pending_restart(vm_lab, tmp_path):
-    name = f"{vm_lab.prefix}p1"
-    vm = {"vm_image": "debian", "vm_ssh_port": free_port(), "vm_memory_mib": 768,
-          "vm_vcpus": 1, "vm_hostname": "vm-platform-1"}
-    inventory = write_inventory(vm_lab, tmp_path, {name: vm})
+def guest(lab, port: int, command: str) -> str:
+    done = subprocess.run(
+        ["ssh", "-i", str(lab.key), "-p", str(port), "-o", "BatchMode=yes",
+         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+         "-o", "LogLevel=ERROR", "root@127.0.0.1", command],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def events(done) -> list[dict]:
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def messages(done) -> list[str]:
+    """What the run reported per task (recorded with the task: output, JSON, store)."""
+    return [e["message"] for e in events(done) if e["event"] == "task_result" and e.get("message")]
+
+
+def roles_by_host(done) -> dict[str, set]:
+    roles: dict[str, set] = {}
+    for e in events(done):
+        if e["event"] == "task_result" and e["status"] != "skipped":
+            roles.setdefault(e["host"], set()).add(e["role"])
+    return roles
+
+
+def dominfo(lab, name: str) -> dict[str, str]:
+    out = lab.virsh("dominfo", name).stdout
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines())}
+
+
+@pytest.mark.baremetal
+def test_a_vm_from_git_beside_bare_hosts(cli, git_servers, host_lab, vm_lab, tmp_path,
+                                          request):  # noqa: F811
+    """Commit by commit, as a user drives it: declare, rerun, change memory (pending, then
+    restart), remove (orphaned), prune. The first commit mixes the VM with the lab's bare
+    hosts, each with its platform's roles."""
+    from tests.integration.test_baremetal import VAULT, lab_estate
+
+    tree = lab_estate(git_servers, host_lab, tmp_path, request.node.name)
+    inv, name, port = tree.path / "inventories/lab", f"{vm_lab.prefix}web", free_port()
+    vm_dir = tmp_path / "vms"
+    image = vm_lab.image
+    (inv / "group_vars/all.yml").write_text(yaml.safe_dump({
+        "gitops_environment": "lab", "vm_hypervisors": ["localhost"], "vm_dir": str(vm_dir),
+        "vm_images": {"debian-bookworm": {"base": str(image.base), "kernel": str(image.kernel),
+                                          "initrd": str(image.initrd)}}}))
+    # The guest gets the bare hosts' host-role settings, reached through its SSH forward.
+    guest_vars = yaml.safe_load((inv / "group_vars/baremetal.yml").read_text())
+    guest_vars = {k: v for k, v in guest_vars.items() if k.startswith("host_")}
+    guest_vars.update({
+        "platform": "vm", "vm_hypervisor": "localhost", "ansible_host": "127.0.0.1",
+        "ansible_port": "{{ vm_ssh_port }}", "ansible_user": "root",
+        "ansible_ssh_private_key_file": str(vm_lab.key),
+        "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+        "vm_authorized_keys": Path(f"{vm_lab.key}.pub").read_text()})
+    (inv / "group_vars/vms.yml").write_text(yaml.safe_dump(guest_vars))
+    vm = {"vm_image": "debian-bookworm", "vm_ssh_port": port, "vm_memory_mib": 768,
+          "vm_vcpus": 1, "vm_hostname": "web-vm"}
+    (inv / "host_vars").mkdir(exist_ok=True)
+    host_vars = inv / f"host_vars/{name}.yml"
+    host_vars.write_text(yaml.safe_dump(vm))
+    hosts_file = inv / "hosts.yml"
+    hosts = yaml.safe_load(hosts_file.read_text())
+    hosts["all"]["children"]["vms"] = {"hosts": {name: None}}
+    hosts_file.write_text(yaml.safe_dump(hosts))
+    tree.commit("a VM beside the bare hosts")
+
+    def run(message: str, code: int):
+        tree.commit(message)
+        return cli("run", "--repo", tree.url, "--env", "lab", *VAULT, "--json",
+                   timeout=1800, check_code=code)
+
+    # 1. Declared: defined with its resources, running, SSH, the guest roles converged;
+    #    the bare hosts get the host roles only, the VM the vm role and the host roles.
+    done = cli("run", "--repo", tree.url, "--env", "lab", *VAULT, "--json", timeout=1800,
+               check_code=2)
+    roles = roles_by_host(done)
+    assert "vm" in roles[name] and {"host_packages", "host_files", "host_services"} <= roles[name]
+    for host in ("web-1", "web-2", "db-1"):
+        assert roles[host] - {None} and all(r.startswith("host_") for r in roles[host] - {None})
+    assert vm_lab.domains() == [name]
+    info = dominfo(vm_lab, name)
+    assert (info["State"], info["Max memory"], info["CPU(s)"]) == ("running", "786432 KiB", "1")
+    assert guest(vm_lab, port, "hostname") == "web-vm"
+    assert guest(vm_lab, port, "dpkg-query -W -f '${Status}' tree") == "install ok installed"
+    assert guest(vm_lab, port, "systemctl is-active cron") == "active"
+    assert "platform: vm" in guest(vm_lab, port, "cat /etc/motd")
+    assert "deploy:" in guest(vm_lab, port, "getent passwd deploy")
+    assert "deploy:" in host_lab.exec("web-1", ["getent", "passwd", "deploy"]).stdout
+    qemu = qemu_pid(name)
+
+    # 2. A commit that does not touch the VM: nothing changes, no restart.
+    hosts["all"]["children"]["baremetal"]["children"].pop("web")
+    hosts_file.write_text(yaml.safe_dump(hosts))
+    done = run("the web hosts leave this environment", 0)
+    assert qemu_pid(name) == qemu
+
+    # 3. More memory: with the default policy the definition changes and the restart is
+    #    reported as pending; with `restart` it happens.
+    host_vars.write_text(yaml.safe_dump({**vm, "vm_memory_mib": 1024}))
+    done = run("web-vm: 1 GiB", 2)
+    assert any(f"PENDING RESTART: {name} runs 768 MiB and 1 vCPU(s), Git says 1024 MiB" in m
+               for m in messages(done)), messages(done)
+    assert dominfo(vm_lab, name)["Used memory"] == "786432 KiB" and qemu_pid(name) == qemu
+    assert "<memory unit='KiB'>1048576</memory>" in vm_lab.virsh(
+        "dumpxml", "--inactive", name).stdout
+    host_vars.write_text(yaml.safe_dump({**vm, "vm_memory_mib": 1024,
+                                         "vm_restart_policy": "restart"}))
+    done = run("web-vm: restart now", 2)
+    assert "PENDING RESTART" not in done.stdout
+    assert any(e["event"] == "task_result" and e["task"] == "Shut the VM down"
+               and e["status"] == "changed" for e in events(done))
+    assert dominfo(vm_lab, name)["Max memory"] == "1048576 KiB" and qemu_pid(name) != qemu
+    assert guest(vm_lab, port, "hostname") == "web-vm"
+
+    # 4. Removed from Git: reported orphaned and left alone; a domain defined by hand (no
+    #    metadata) is never reported or touched.
+    foreign = vm_lab.prepare("handmade")
+    vm_lab.virsh("define", foreign.xml_path)
     try:
-        done = converge(inventory)
-        assert done.returncode == 0, done.stdout[-4000:]
-        xml = vm_lab.virsh("dumpxml", name).stdout
-        assert NS in xml and "<gitops:environment>vmtest</gitops:environment>" in xml
-        assert "running" in vm_lab.virsh("domstate", name).stdout
-        hostname = subprocess.run(
-            ["ssh", "-i", str(vm_lab.key), "-p", str(vm["vm_ssh_port"]), "-o", "BatchMode=yes",
-             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-             "-o", "LogLevel=ERROR", "root@127.0.0.1", "hostname"],
-            capture_output=True, text=True, timeout=60)
-        assert hostname.stdout.strip() == "vm-platform-1", hostname.stderr
+        hosts["all"]["children"].pop("vms")
+        hosts_file.write_text(yaml.safe_dump(hosts))
+        host_vars.unlink()
+        done = run("web-vm leaves Git", 2)
+        reports = messages(done)
+        assert any(f"ORPHANED VM {name} on localhost" in m and "left alone" in m
+                   for m in reports), reports
+        assert not any(foreign.name in m for m in reports)
+        assert dominfo(vm_lab, name)["State"] == "running"
 
-        again = converge(inventory)
-        assert again.returncode == 0, again.stdout[-4000:]
-        assert recap_changed(again.stdout) == 0, again.stdout[-4000:]
-
-        inventory = write_inventory(vm_lab, tmp_path, {name: {**vm, "vm_memory_mib": 1024}})
-        pending = converge(inventory)
-        assert pending.returncode == 0, pending.stdout[-4000:]
-        assert "PENDING RESTART" in pending.stdout
-        assert f"{768 * 1024} KiB" in vm_lab.virsh("dominfo", name).stdout  # still running old
-        assert "<memory unit='KiB'>1048576</memory>" in vm_lab.virsh(
-            "dumpxml", "--inactive", name).stdout
-
-        inventory = write_inventory(vm_lab, tmp_path, {
-            name: {**vm, "vm_memory_mib": 1024, "vm_restart_policy": "restart"}})
-        restarted = converge(inventory)
-        assert restarted.returncode == 0, restarted.stdout[-4000:]
-        assert "Shut the VM down" in restarted.stdout
-        assert "PENDING RESTART" not in restarted.stdout
-        assert f"{1024 * 1024} KiB" in vm_lab.virsh("dominfo", name).stdout
+        # 5. The prune policy on: powered off, undefined, its files gone.
+        all_vars = yaml.safe_load((inv / "group_vars/all.yml").read_text())
+        (inv / "group_vars/all.yml").write_text(yaml.safe_dump({**all_vars, "vm_prune": True}))
+        done = run("prune orphaned VMs", 2)
+        assert name not in vm_lab.virsh("list", "--all", "--name").stdout.split()
+        assert not (vm_dir / name).exists()
+        assert foreign.name in vm_lab.domains()
     finally:
-        vm_lab.virsh("destroy", name, check=False)
-        vm_lab.virsh("undefine", name, check=False)
+        vm_lab.virsh("undefine", foreign.name, check=False)
