@@ -213,7 +213,14 @@ def test_a_vm_from_git_beside_bare_hosts(cli, git_servers, host_lab, vm_lab, tmp
     # 3. More memory: with the default policy the definition changes and the restart is
     #    reported as pending; with `restart` it happens.
     host_vars.write_text(yaml.safe_dump({**vm, "vm_memory_mib": 1024}))
-    done = run("web-vm: 1 GiB", 2)
+    tree.commit("web-vm: 1 GiB")
+    plan = cli("plan", "--repo", tree.url, "--env", "lab", *VAULT, "--json", timeout=1800,
+               check_code=2)
+    assert any("PENDING RESTART" in m for m in messages(plan)), messages(plan)
+    assert "<memory unit='KiB'>786432</memory>" in vm_lab.virsh(
+        "dumpxml", "--inactive", name).stdout  # plan changed nothing
+    done = cli("run", "--repo", tree.url, "--env", "lab", *VAULT, "--json", timeout=1800,
+               check_code=2)
     assert any(f"PENDING RESTART: {name} runs 768 MiB and 1 vCPU(s), Git says 1024 MiB" in m
                for m in messages(done)), messages(done)
     assert dominfo(vm_lab, name)["Used memory"] == "786432 KiB" and qemu_pid(name) == qemu
@@ -246,7 +253,14 @@ def test_a_vm_from_git_beside_bare_hosts(cli, git_servers, host_lab, vm_lab, tmp
         # 5. The prune policy on: powered off, undefined, its files gone.
         all_vars = yaml.safe_load((inv / "group_vars/all.yml").read_text())
         (inv / "group_vars/all.yml").write_text(yaml.safe_dump({**all_vars, "vm_prune": True}))
-        done = run("prune orphaned VMs", 2)
+        tree.commit("prune orphaned VMs")
+        plan = cli("plan", "--repo", tree.url, "--env", "lab", *VAULT, "--json",
+                   timeout=1800, check_code=2)
+        assert any(f"ORPHANED VM {name}" in m and "would be removed" in m
+                   for m in messages(plan)), messages(plan)
+        assert dominfo(vm_lab, name)["State"] == "running"
+        done = cli("run", "--repo", tree.url, "--env", "lab", *VAULT, "--json", timeout=1800,
+                   check_code=2)
         assert name not in vm_lab.virsh("list", "--all", "--name").stdout.split()
         assert not (vm_dir / name).exists()
         assert foreign.name in vm_lab.domains()
