@@ -29,10 +29,11 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# The Kubernetes platform: the kubernetes Python client and the kubernetes.core collection,
-# taken from the `ansible` wheel on PyPI (Galaxy is not needed, nor reachable here).
+# The Kubernetes and VM platforms: the kubernetes client, libvirt-python and lxml, and the
+# kubernetes.core and community.libvirt collections, taken from the `ansible` wheel on PyPI
+# (Galaxy is not needed, nor reachable here).
 $(VENV)/.collections: $(VENV)/.installed scripts/kube_collection.py
-	$(PY) -m pip install -q -e '.[kubernetes]'
+	$(PY) -m pip install -q -e '.[kubernetes,vm]'
 	$(PY) scripts/kube_collection.py
 	touch $@
 

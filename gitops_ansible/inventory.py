@@ -48,6 +48,7 @@ class Target:
     platform: str
     vars: dict = field(default_factory=dict)  # connection variables only
     manifest_dirs: object = None  # kubernetes: k8s_manifests_dirs as the inventory sets it
+    created_by_run: bool = False  # its platform makes it exist (VMs): no SSH pre-flight
 
     @property
     def is_ssh(self) -> bool:
@@ -372,26 +373,32 @@ def _check_roles(checkout: Path, targets, host_vars, platforms) -> list[Problem]
     return problems
 
 
-def _local_platforms(platforms: dict[str, Path]) -> set[str]:
-    """Platforms whose playbook runs every play with `connection: local` (clusters, the
-    controller): their targets are never SSH hosts, whatever the inventory says."""
-    local = set()
+def _platform_plays(platforms: dict[str, Path]):
     for name, path in platforms.items():
         try:
             plays = [p for p in (_load_yaml(path) or []) if isinstance(p, dict)
                      and "hosts" in p]
         except (OSError, yaml.YAMLError):
             continue
-        if plays and all(p.get("connection") == "local" for p in plays):
-            local.add(name)
-    return local
+        if plays:
+            yield name, plays
 
 
 def _mark_local(targets, platforms) -> None:
-    local = _local_platforms(platforms)
+    """Targets of a platform whose playbook runs every play with `connection: local`
+    (clusters, the controller) are never SSH hosts, whatever the inventory says. Targets of
+    a platform whose playbook sets the play var `gitops_created_by_run: true` (VMs) do not
+    exist before the run: the playbook waits for them, the pre-flight leaves them out."""
+    local, created = set(), set()
+    for name, plays in _platform_plays(platforms):
+        if all(p.get("connection") == "local" for p in plays):
+            local.add(name)
+        if any((p.get("vars") or {}).get("gitops_created_by_run") is True for p in plays):
+            created.add(name)
     for target in targets.values():
         if target.platform in local:
             target.vars["ansible_connection"] = "local"
+        target.created_by_run = target.platform in created
 
 
 KUBERNETES = "kubernetes"

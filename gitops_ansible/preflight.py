@@ -97,8 +97,9 @@ def check_target(target, default_known_hosts: str | None, timeout: float) -> Hos
 
 
 def check_hosts(inventory, settings) -> list[HostCheck]:
-    """Check every SSH target of ``inventory`` in parallel; targets not over SSH are left out."""
-    targets = [t for t in inventory.targets.values() if t.is_ssh]
+    """Check every SSH target of ``inventory`` in parallel; targets not over SSH, and those
+    the run itself creates (VMs), are left out."""
+    targets = [t for t in inventory.targets.values() if t.is_ssh and not t.created_by_run]
     if not targets:
         return []
     with ThreadPoolExecutor(max_workers=min(32, len(targets))) as pool:

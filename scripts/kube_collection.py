@@ -1,11 +1,14 @@
-"""Install kubernetes.core without Galaxy: extract it from the `ansible` wheel on PyPI.
+"""Install collections without Galaxy: extract them from the `ansible` wheel on PyPI.
 
-    python scripts/kube_collection.py [--version 14.5.0]
+    python scripts/kube_collection.py [--version 14.5.0] [COLLECTION ...]
 
-The `ansible` package (PyPI) bundles kubernetes.core; the full package is ~545 MB installed,
-so only that one collection is taken from its wheel and placed in this interpreter's
-site-packages/ansible_collections/, where ansible-core finds collections on sys.path (as it
-does for the full package). Idempotent: nothing happens when the collection is there.
+COLLECTION defaults to kubernetes.core (Kubernetes platform) and community.libvirt (VM
+platform). The `ansible` package (PyPI) bundles both; the full package is ~545 MB installed,
+so only the named collections are taken from its wheel (downloaded once per call, only when
+one is missing) and placed in this interpreter's site-packages/ansible_collections/, where
+ansible-core finds collections on sys.path (as it does for the full package). Idempotent:
+a collection already there is left alone. (The file keeps its first name: the Makefile and
+older notes call it.)
 """
 from __future__ import annotations
 
@@ -18,28 +21,52 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-PREFIX = "ansible_collections/kubernetes/core/"
+DEFAULT_COLLECTIONS = ["kubernetes.core", "community.libvirt"]
+
+
+def prefix(collection: str) -> str:
+    namespace, name = collection.split(".")
+    return f"ansible_collections/{namespace}/{name}/"
+
+
+def installed_version(site: Path, collection: str) -> str | None:
+    manifest = site / prefix(collection) / "MANIFEST.json"
+    if not manifest.is_file():
+        return None
+    return json.loads(manifest.read_text())["collection_info"]["version"]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--version", default="14.5.0", help="version of the ansible package")
+    parser.add_argument("collections", nargs="*", default=DEFAULT_COLLECTIONS,
+                        help="namespace.name of each collection (default: %(default)s)")
     args = parser.parse_args()
     site = Path(sysconfig.get_paths()["purelib"])
-    manifest = site / PREFIX / "MANIFEST.json"
-    if manifest.is_file():
-        version = json.loads(manifest.read_text())["collection_info"]["version"]
-        print(f"kubernetes.core {version} already in {site}")
+    missing = []
+    for collection in args.collections:
+        version = installed_version(site, collection)
+        if version:
+            print(f"{collection} {version} already in {site}")
+        else:
+            missing.append(collection)
+    if not missing:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp,
                         f"ansible=={args.version}"], check=True)
         wheel = next(Path(tmp).glob("ansible-*.whl"))
         with zipfile.ZipFile(wheel) as archive:
-            members = [m for m in archive.namelist() if m.startswith(PREFIX)]
-            archive.extractall(site, members)
-    version = json.loads(manifest.read_text())["collection_info"]["version"]
-    print(f"kubernetes.core {version} installed in {site} (from ansible {args.version})")
+            names = archive.namelist()
+            for collection in missing:
+                members = [m for m in names if m.startswith(prefix(collection))]
+                if not members:
+                    print(f"{collection}: not in ansible {args.version}", file=sys.stderr)
+                    return 1
+                archive.extractall(site, members)
+    for collection in missing:
+        print(f"{collection} {installed_version(site, collection)} installed in {site} "
+              f"(from ansible {args.version})")
     return 0
 
 

@@ -131,13 +131,18 @@ def test_argument_specs_refuse_a_wrong_variable_before_any_task(tmp_path, role, 
 
 
 def test_every_role_variable_is_documented_with_its_default():
-    """defaults/main.yml, meta/argument_specs.yml and README.md list the same variables,
-    with the same defaults."""
+    """defaults/main.yml, meta/argument_specs.yml (all entry points: main, and e.g. the vm
+    role's orphans) and README.md list the same variables, with the same defaults."""
     for role in ROLES:
         base = ROOT / "roles" / role
         defaults = yaml.safe_load((base / "defaults/main.yml").read_text()) or {}
         specs = yaml.safe_load((base / "meta/argument_specs.yml").read_text())
-        options = specs["argument_specs"]["main"]["options"]
+        options = {}
+        for entry, spec in specs["argument_specs"].items():
+            for name, option in spec["options"].items():
+                assert options.get(name, option).get("default") == option.get("default"), \
+                    f"{role}: {name} has another default in entry point {entry}"
+                options[name] = option
         readme = (base / "README.md").read_text()
         # a required option has no default (the orchestrator checks it is set per host), nor
         # has an optional one the role reads with default(omit) (k8s_context)
