@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := git openssh-server openssh-client debootstrap iproute2 openssl systemd \
                 util-linux procps ca-certificates qemu-system-x86 qemu-utils libvirt-clients \
-                libvirt-daemon-system libvirt-daemon-system-sysv libvirt-dev pkg-config
+                libvirt-daemon-system libvirt-daemon-system-sysv libvirt-dev pkg-config gcc
 PYTEST_ARGS ?=
 COMPAT_PYTHON ?= $(shell scripts/python.sh 3.11 2>/dev/null)
 
