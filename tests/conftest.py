@@ -1,6 +1,7 @@
 """Shared fixtures: settings, the CLI as a real process, Git servers, the host lab."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -24,6 +25,20 @@ def require(condition: bool, reason: str) -> None:
         if CI:
             pytest.fail(f"prerequisite missing under CI=true: {reason}")
         pytest.skip(reason)
+
+
+def events(done) -> list[dict]:
+    """The JSON lines of a `--json` run."""
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def roles_by_host(done) -> dict[str, set]:
+    """{host: roles of its tasks that did not skip} in a `--json` run (None: play tasks)."""
+    roles: dict[str, set] = {}
+    for e in events(done):
+        if e["event"] == "task_result" and e["status"] != "skipped":
+            roles.setdefault(e["host"], set()).add(e["role"])
+    return roles
 
 
 def make_settings(**values) -> config.Settings:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, require
+from tests.conftest import ROOT, events, require, roles_by_host
 from tests.lab.fixtures import kube_assets, kube_cluster  # noqa: F401  (pytest fixtures)
 from tests.lab.gitserver import WorkTree
 from tests.lab.kube import NEVER_READY_LABEL, KubeCluster, kubectl_path
@@ -97,10 +97,6 @@ def managers(obj: dict) -> set:
 
 def run(cli, tree, env="lab", *extra, code=None):
     return cli("run", "--repo", tree.url, "--env", env, *extra, check_code=code)
-
-
-def events(done) -> list[dict]:
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
 def report(done, task: str) -> str:
@@ -351,10 +347,7 @@ def test_a_cluster_beside_bare_hosts(cli, git_servers, host_lab, kube_cluster, t
     tree.commit("a cluster beside the bare hosts")
 
     done = run(cli, tree, "lab", *VAULT, "--json", code=2)
-    roles = {}
-    for e in events(done):
-        if e["event"] == "task_result" and e["status"] != "skipped":
-            roles.setdefault(e["host"], set()).add(e["role"])
+    roles = roles_by_host(done)
     assert roles["lab-k8s"] - {None} == {"k8s_manifests"}, roles
     for host in ("web-1", "web-2", "db-1"):
         assert roles[host] - {None} and all(r.startswith("host_") for r in roles[host] - {None})

@@ -8,7 +8,6 @@ boot), removal from Git reported as orphaned, then pruned. The refusals boot not
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, events, roles_by_host
 from tests.lab.fixtures import vm_lab  # noqa: F401  (pytest fixture)
 from tests.lab.libvirt import free_port, qemu_pid
 
@@ -121,21 +120,9 @@ def guest(lab, port: int, command: str) -> str:
     return done.stdout.strip()
 
 
-def events(done) -> list[dict]:
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-
-
 def messages(done) -> list[str]:
     """What the run reported per task (recorded with the task: output, JSON, store)."""
     return [e["message"] for e in events(done) if e["event"] == "task_result" and e.get("message")]
-
-
-def roles_by_host(done) -> dict[str, set]:
-    roles: dict[str, set] = {}
-    for e in events(done):
-        if e["event"] == "task_result" and e["status"] != "skipped":
-            roles.setdefault(e["host"], set()).add(e["role"])
-    return roles
 
 
 def dominfo(lab, name: str) -> dict[str, str]:
