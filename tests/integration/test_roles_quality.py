@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gitops_ansible import inventory
-from tests.conftest import ROOT, make_settings, require
+from tests.conftest import ROOT, require
 from tests.lab.hosts import unavailable_reason
 
 BIN = Path(sys.executable).parent
@@ -181,12 +180,7 @@ def test_init_scaffolds_a_repository_that_passes_its_own_checks(tmp_path):
                 "roles/baremetal_base/meta/argument_specs.yml", "roles/baremetal_base/README.md",
                 "molecule/default/molecule.yml", "inventories/prod/hosts.yml"):
         assert (repo / rel).is_file(), rel
-
-    for env in ("dev", "staging", "prod"):  # what plan/push validate before any change
-        inv = inventory.load(repo, make_settings(env=env, state_dir=str(tmp_path / "state")))
-        assert inv.by_platform() == {"baremetal": [f"host-01.{env}.example.com",
-                                                   f"host-02.{env}.example.com"]}
-
+    # the inventories' validation: tests/unit/test_scaffold.py
     yl = tool("yamllint", "--strict", ".", cwd=repo)
     assert yl.returncode == 0, output(yl)
     al = tool("ansible-lint", cwd=repo)
@@ -195,6 +189,25 @@ def test_init_scaffolds_a_repository_that_passes_its_own_checks(tmp_path):
     assert mol.returncode == 0, output(mol)
     for name in ("converge", "idempotence", "verify"):
         assert step(mol.stdout + mol.stderr, "default", name) == "Successful", output(mol)
+
+
+def test_init_repository_converges_a_controller_target_by_push(tmp_path, cli):
+    """A new repository given a `local` environment (the controller as a target): plan shows
+    the role's changes, push makes them, a second push has nothing to change."""
+    repo, target = tmp_path / "repo", tmp_path / "target/etc/baremetal_base"
+    assert init(repo).returncode == 0
+    hosts = {"all": {"hosts": {"controller": {
+        "platform": "local", "ansible_connection": "local",
+        "baremetal_base_directory": str(target)}}}}
+    (repo / "inventories/local").mkdir()
+    (repo / "inventories/local/hosts.yml").write_text(yaml.safe_dump(hosts))
+    cli("plan", "--env", "local", "--path", repo, check_code=2)
+    assert not target.exists()
+    cli("push", "--env", "local", "--path", repo, check_code=2)
+    marker = target / "managed-by-gitops"
+    assert marker.read_text() == "Managed by gitops-ansible. Change the repository, not this host.\n"
+    assert oct(marker.stat().st_mode & 0o777) == "0o644"
+    cli("push", "--env", "local", "--path", repo, check_code=0)
 
 
 def test_init_refuses_a_non_empty_directory_unless_forced(tmp_path):

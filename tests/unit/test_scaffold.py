@@ -1,0 +1,106 @@
+"""`gitops-ansible init`: where a new repository holds a file of the same path as this
+project's repository, the skeleton's file is the project's own, byte for byte; a new
+repository's inventories pass the validation plan and push run first; names and
+destinations that would write something else, or elsewhere, are refused before any write.
+"""
+from __future__ import annotations
+
+import difflib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gitops_ansible import inventory, scaffold
+from tests.conftest import ROOT, make_settings
+
+DEFAULTS = scaffold.values()  # platform baremetal, role baremetal_base
+# (playbook, play name) imported by the project's own site.yml, in its order
+PROJECT_PLATFORMS = [(Path(play["ansible.builtin.import_playbook"]).stem, play["name"])
+                     for play in yaml.safe_load((ROOT / "playbooks/site.yml").read_text())
+                     if "ansible.builtin.import_playbook" in play]
+# path -> the names (over the defaults) under which the skeleton gives the project's file
+SAME_AS_PROJECT = {
+    "ansible.cfg": {}, ".ansible-lint": {}, ".yamllint": {},
+    "playbooks/site.yml": {"platforms": PROJECT_PLATFORMS},
+    "playbooks/local.yml": {"role": "host_files"},
+    **{f"inventories/{env}/group_vars/all.yml": {} for env in scaffold.ENVIRONMENTS},
+}
+# path -> why the project's file of that path is not the one a new repository starts with
+DIFFERENT_ON_PURPOSE = {
+    "playbooks/baremetal.yml": "the project converges its five host roles, a new repository one",
+    **{f"inventories/{env}/hosts.yml": "the project's estate has web and db groups"
+       for env in scaffold.ENVIRONMENTS},
+    **{f"inventories/{env}/group_vars/baremetal.yml": "the project's sets its roles' variables"
+       for env in scaffold.ENVIRONMENTS},
+}
+
+
+@pytest.mark.parametrize("rel", sorted(SAME_AS_PROJECT))
+def test_a_file_init_shares_with_the_project_is_the_project_s_own(rel):
+    written = scaffold.files({**DEFAULTS, **SAME_AS_PROJECT[rel]})[rel]
+    own = (ROOT / rel).read_bytes()
+    diff = "".join(difflib.unified_diff(own.decode().splitlines(True),
+                                        written.decode().splitlines(True),
+                                        f"project: {rel}", f"gitops_ansible/skeleton: {rel}"))
+    assert written == own, f"the skeleton's {rel} has drifted from the project's:\n{diff}"
+
+
+def test_every_path_init_shares_with_the_project_is_compared_or_explained():
+    shared = {rel for rel in scaffold.files(DEFAULTS) if (ROOT / rel).exists()}
+    assert shared == set(SAME_AS_PROJECT) | set(DIFFERENT_ON_PURPOSE)
+
+
+@pytest.mark.parametrize("args, platform, role", [
+    ((), "baremetal", "baremetal_base"),
+    (("--platform", "edge", "--role", "edge_node"), "edge", "edge_node"),
+])
+def test_init_writes_inventories_that_pass_validation(tmp_path, args, platform, role):
+    repo = tmp_path / "repo"
+    done = subprocess.run([sys.executable, "-m", "gitops_ansible", "init", str(repo), *args],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    for env in scaffold.ENVIRONMENTS:  # what plan and push validate before any change
+        inv = inventory.load(repo, make_settings(env=env, state_dir=str(tmp_path / "state")))
+        assert inv.by_platform() == {platform: [f"host-01.{env}.example.com",
+                                                f"host-02.{env}.example.com"]}
+    site = yaml.safe_load((repo / "playbooks/site.yml").read_text())
+    assert site[0]["vars"]["gitops_platforms"] == sorted([platform, "local"])
+    assert [p.get("ansible.builtin.import_playbook") for p in site[1:]] == [f"{platform}.yml",
+                                                                           "local.yml"]
+    assert f"role_name: {role}\n" in (repo / f"roles/{role}/meta/main.yml").read_text()
+
+
+@pytest.mark.parametrize("platform, role, message", [
+    ("Edge", None, "platform name 'Edge': expected lowercase letters"),
+    ("edge", "9lives", "role name '9lives': expected lowercase letters"),
+    ("edge", "a" * 41, "at most 40 characters"),
+    ("yes", None, "platform name 'yes': YAML reads it as True"),
+    ("edge", "null", "role name 'null': YAML reads it as None"),
+    ("local", None, "platform name 'local' is taken: the built-in platform"),
+    ("site", None, "platform name 'site' is taken: playbooks/site.yml"),
+    ("all", None, "platform name 'all' is taken: a group Ansible defines"),
+])
+def test_init_refuses_a_bad_name_before_writing(tmp_path, platform, role, message):
+    with pytest.raises(scaffold.ScaffoldError, match=message):
+        scaffold.init(tmp_path / "repo", platform, role)
+    assert not (tmp_path / "repo").exists()
+
+
+def test_init_does_not_write_through_a_link_out_of_the_directory(tmp_path):
+    repo, elsewhere = tmp_path / "repo", tmp_path / "elsewhere"
+    repo.mkdir()
+    elsewhere.mkdir()
+    (repo / "playbooks").symlink_to(elsewhere)
+    with pytest.raises(scaffold.ScaffoldError, match="playbooks/.*leads outside"):
+        scaffold.init(repo, force=True)
+    assert list(elsewhere.iterdir()) == [] and sorted(p.name for p in repo.iterdir()) == ["playbooks"]
+
+
+def test_init_refuses_a_file_where_it_needs_a_directory(tmp_path):
+    (tmp_path / "roles").write_text("mine\n")
+    with pytest.raises(scaffold.ScaffoldError, match="roles is not a directory"):
+        scaffold.init(tmp_path, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["roles"]
