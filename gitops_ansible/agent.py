@@ -13,6 +13,7 @@ a file that does not pass the checks is refused and the running config kept.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -22,14 +23,13 @@ import time
 from dataclasses import dataclass, field
 
 from . import config as config_mod
+from . import status as status_mod
 from .notify import Notifier
-from .report import Reporter
+from .report import ConsoleReporter
 from .schedule import blocking_window
 from .server import Metrics, push_of, read_secret, render, serve, verify
 from .source import SHA_RE, redact_url
-
-SUCCESS = ("changed", "unchanged", "nothing", "suspended")
-FAILURE = ("error", "failed", "cancelled")
+from .store import Mode, RunStatus
 TICK = 5.0  # the loop wakes at least this often (health heartbeat, reload, stop)
 
 
@@ -56,10 +56,11 @@ class SourceState:
 
 
 class Agent:
-    def __init__(self, config_path: str, flags: dict | None = None, out=None, err=None):
-        self.config_path, self.flags = config_path, flags or {}
+    def __init__(self, config_path: str, flags: dict | None = None, out=None, err=None,
+                 environ=None):
+        self.config_path, self.flags, self.environ = config_path, flags or {}, environ or {}
         self.out, self.err = out, err
-        self.config = config_mod.load_agent(config_path, self.flags)
+        self.config = config_mod.load_agent(config_path, self.flags, self.environ)
         self.reporter = self._reporter()
         self.metrics = Metrics()
         self.states: dict[str, SourceState] = {}
@@ -73,8 +74,8 @@ class Agent:
         self.heartbeat = time.monotonic()
         self.server = None
 
-    def _reporter(self, **context) -> Reporter:
-        reporter = Reporter(self.config.json, out=self.out, err=self.err, tagged=True)
+    def _reporter(self, **context) -> ConsoleReporter:
+        reporter = ConsoleReporter(self.config.json, out=self.out, err=self.err, tagged=True)
         reporter.bind(**context)
         return reporter
 
@@ -99,9 +100,7 @@ class Agent:
                     drift = src.options["drift_interval"]
                     state = SourceState(src, now, now + drift if drift else math.inf)
                     env = store.env_state(src.settings.env)
-                    state.failing = bool(env.get("fetch_error") or (
-                        env.get("applied_revision") and
-                        env.get("applied_revision") != env.get("good_revision")))
+                    state.failing = bool(env.fetch_error) or env.failing
                 self.states[src.name] = state
         finally:
             store.close()
@@ -167,7 +166,7 @@ class Agent:
     def _reload(self) -> None:
         self.reload_requested = False
         try:
-            config = config_mod.load_agent(self.config_path, self.flags)
+            config = config_mod.load_agent(self.config_path, self.flags, self.environ)
         except config_mod.ConfigError as exc:
             self.reporter.log(f"config reload refused, keeping the running config: {exc}",
                               "error")
@@ -210,16 +209,15 @@ class Agent:
         except Exception as exc:  # a bug must not end the agent: record, back off, go on
             self.reporter.log(f"{state.source.name}: cycle crashed: {type(exc).__name__}: {exc}",
                               "error")
-            self._schedule(state, "error")
+            self._schedule(state, RunStatus.ERROR)
         finally:
             self.busy_since = None
             self.cancel = None
 
     # -- one job ---------------------------------------------------------------------------
     def _settings(self, state: SourceState, **overrides):
-        values = {**state.source.settings.values, "lock": "fail", "splay": 0, "json": False,
-                  **overrides}
-        return config_mod.Settings(values, state.source.settings.sources)
+        return dataclasses.replace(state.source.settings, lock="fail", splay=0, json=False,
+                                   **overrides)
 
     def _cycle(self, state: SourceState, trigger: str, force: bool = False) -> None:
         from .reconcile import cycle
@@ -232,7 +230,7 @@ class Agent:
                                   env=state.env)
             state.blocked = blocked
             self.metrics.inc("gitops_ansible_cycles_total", env=state.env, result="blocked")
-            self._schedule(state, "blocked")
+            self._schedule(state, None)  # a window: neither success nor failure
             return
         state.blocked = None
         reporter = self._reporter(env=state.env)
@@ -244,15 +242,15 @@ class Agent:
             self.notifier.commit_status(src.commit_status, state.env, run.revision, "pending",
                                         f"gitops-ansible: converging {state.env}")
 
-        result = cycle(self._settings(state, force=force or src.settings.force), "pull",
+        result = cycle(self._settings(state, force=force or src.settings.force), Mode.PULL,
                        reporter, trigger, self.cancel, on_start)
         self.metrics.inc("gitops_ansible_cycles_total", env=state.env, result=result.status)
-        if result.run_id and result.status not in ("nothing", "suspended"):
+        if result.run_id and result.status not in (RunStatus.NOTHING, RunStatus.SUSPENDED):
             self.metrics.observe(state.env, time.monotonic() - started)
         if result.fetch_failed:
             self.metrics.inc("gitops_ansible_source_fetch_failures_total", env=state.env)
         if posted:
-            ok = result.status in SUCCESS
+            ok = result.status.success
             self.notifier.commit_status(src.commit_status, state.env, posted[-1],
                                         "success" if ok else "failure",
                                         f"{state.env}: {result.status}: {result.message}")
@@ -266,30 +264,31 @@ class Agent:
 
         src = state.source
         started = time.monotonic()
-        result = cycle(self._settings(state, diff=False), "drift", self._reporter(env=state.env),
+        result = cycle(self._settings(state, diff=False), Mode.DRIFT, self._reporter(env=state.env),
                        "drift", self.cancel)
         state.next_drift = time.monotonic() + src.options["drift_interval"]
         self.metrics.inc("gitops_ansible_drift_checks_total", env=state.env, result=result.status)
         if result.run_id:
             self.metrics.observe(state.env, time.monotonic() - started)
         drifted = frozenset(h.host for h in result.hosts if h.outcome == "changed")
-        if result.status == "drifted" and drifted != state.drift_alerted:
+        if result.status is RunStatus.DRIFTED and drifted != state.drift_alerted:
             self._alert("drift", state, f"drift on {', '.join(sorted(drifted))}", result)
-        state.drift_alerted = drifted if result.status in ("drifted", "unchanged") else \
+        state.drift_alerted = drifted if result.status in (RunStatus.DRIFTED,
+                                                           RunStatus.UNCHANGED) else \
             state.drift_alerted
         state.last_drift = {**result.as_dict(), "at": time.time()}
-        if result.status == "drifted" and src.options["drift"] == "heal":
+        if result.status is RunStatus.DRIFTED and src.options["drift"] == "heal":
             self.reporter.log(f"{src.name}: drift policy heal: converging the applied revision "
                               "again", env=state.env)
             state.pending = "heal"
 
-    def _schedule(self, state: SourceState, status: str) -> None:
+    def _schedule(self, state: SourceState, status: RunStatus | None) -> None:
         src, now = state.source, time.monotonic()
         if self.stopping:
             return
         interval = src.options["interval"] + random.uniform(0, src.options["jitter"])
         state.cycles += 1
-        if status in FAILURE:
+        if status and status.failure:
             state.failures += 1
             state.backoff = min(src.options["retry_base"] * 2 ** (state.failures - 1),
                                 src.options["retry_max"])
@@ -298,10 +297,10 @@ class Agent:
                               f"{state.failures} failed cycle(s) (cap {src.options['retry_max']:g}s)",
                               "warning", env=state.env)
             return
-        if status in SUCCESS:
+        if status and status.success:
             state.last_success = time.time()
         state.failures, state.backoff = 0, 0.0
-        state.next_cycle = now + (min(interval, 30) if status == "busy" else interval)
+        state.next_cycle = now + (min(interval, 30) if status is RunStatus.BUSY else interval)
 
     # -- alerts ------------------------------------------------------------------------------
     def _alert(self, event: str, state: SourceState, message: str, result) -> None:
@@ -310,16 +309,17 @@ class Agent:
 
     def _alerts(self, state: SourceState, result) -> None:
         """On a change of state: failure once, recovery once, a refused revision once."""
-        if self.stopping and result.status == "cancelled":
+        if self.stopping and result.status is RunStatus.CANCELLED:
             return  # stopped by the operator, not a failure of the estate
-        if result.status in FAILURE and not state.failing:
+        if result.status.failure and not state.failing:
             state.failing = True
             self._alert("failure", state, result.message, result)
-        elif result.status in SUCCESS and result.status != "suspended" and state.failing:
+        elif result.status.success and result.status is not RunStatus.SUSPENDED and \
+                state.failing:
             state.failing = False
             self._alert("recovery", state, f"{state.env} is converging again: {result.message}",
                         result)
-        if result.status == "refused" and result.revision != state.refused_alerted:
+        if result.status is RunStatus.REFUSED and result.revision != state.refused_alerted:
             state.refused_alerted = result.revision
             self._alert("refused", state, result.message, result)
 
@@ -384,11 +384,11 @@ class Agent:
                 src, env = state.source, store.env_state(state.env)
                 sources.append({
                     "name": src.name, "env": state.env, "repo": redact_url(src.settings.repo),
-                    "ref": src.settings.ref, "applied_revision": env.get("applied_revision"),
-                    "good_revision": env.get("good_revision"),
-                    "suspended": env.get("suspended_reason"),
-                    "drifted_hosts": json.loads(env.get("drifted_hosts") or "null"),
-                    "drift_run": env.get("drift_run"), "fetch_error": env.get("fetch_error"),
+                    "ref": src.settings.ref, "applied_revision": env.applied_revision,
+                    "good_revision": env.good_revision,
+                    "suspended": env.suspended_reason,
+                    "drifted_hosts": list(env.drifted_hosts) if env.drift_at else None,
+                    "drift_run": env.drift_run, "fetch_error": env.fetch_error,
                     "failures": state.failures, "backoff_seconds": state.backoff,
                     "maintenance": state.blocked, "pending": state.pending,
                     "next_cycle_in": round(max(0.0, state.next_cycle - now), 1),
@@ -401,15 +401,7 @@ class Agent:
         return {"sources": sources, "busy_seconds": busy}
 
     def run_detail(self, run_id: str) -> dict | None:
-        store = self._store()
-        try:
-            run = store.run(run_id)
-            if run:
-                run["hosts"] = store.host_results(run_id)
-                run["tasks"] = store.task_results(run_id)
-            return run
-        finally:
-            store.close()
+        return status_mod.run_detail(self.config.state_dir, run_id)
 
     def metrics_text(self) -> str:
         gauges, store, wall = [], self._store(), time.time()
@@ -417,10 +409,10 @@ class Agent:
             for state in self.states.values():
                 env = store.env_state(state.env)
                 labels = {"env": state.env}
-                if env.get("applied_revision"):
+                if env.applied_revision:
                     gauges.append(("gitops_ansible_applied_revision_info",
                                    "The revision applied last, per environment",
-                                   {**labels, "revision": env["applied_revision"]}, 1))
+                                   {**labels, "revision": env.applied_revision}, 1))
                 last = store.last_converge(state.env)
                 failed = [h for h in store.host_results(last["id"])
                           if h["outcome"] in ("failed", "unreachable")] if last else []
@@ -428,9 +420,9 @@ class Agent:
                     ("gitops_ansible_hosts_failed", "Hosts failed or unreachable in the last "
                      "converge", labels, len(failed)),
                     ("gitops_ansible_hosts_drifted", "Hosts with drift in the last drift check",
-                     labels, len(json.loads(env.get("drifted_hosts") or "[]"))),
+                     labels, len(env.drifted_hosts)),
                     ("gitops_ansible_suspended", "1 while the environment is suspended", labels,
-                     1 if env.get("suspended_reason") else 0),
+                     1 if env.suspended else 0),
                     ("gitops_ansible_consecutive_failures", "Failed cycles in a row", labels,
                      state.failures),
                     ("gitops_ansible_backoff_seconds", "Current retry delay", labels,

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import signal
 import sys
 import threading
@@ -11,7 +13,10 @@ from pathlib import Path
 
 from . import __version__
 from . import config as config_mod
-from .report import ExitCode, Reporter, table
+from . import status as status_mod
+from .report import ConsoleReporter, ExitCode, table
+from .status import short, when
+from .store import Mode, StoreError
 
 CYCLE_FLAGS = ["env", "state_dir", "playbook", "inventory_dir", "vault_password_file", "check",
                "diff", "limit", "tags", "skip_tags", "lock", "lock_timeout", "timeout",
@@ -34,6 +39,14 @@ COMMAND_FLAGS = {
 DEFAULT_AGENT_CONFIG = "/etc/gitops-ansible/agent.toml"
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors exit 5 (refused): argparse's 2 is this tool's "changed"."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(int(ExitCode.REFUSED), f"{self.prog}: error: {message}\n")
+
+
 def add_setting(parser: argparse.ArgumentParser, name: str) -> None:
     option = config_mod.SCHEMA[name]
     flag = "--" + name.replace("_", "-")
@@ -48,7 +61,7 @@ def add_setting(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="gitops-ansible",
         description="Converge Kubernetes clusters, VMs and bare hosts on a Git repository "
                     "through Ansible, by pull (cron, timer) or push (CI).")
@@ -123,7 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_settings(args) -> config_mod.Settings:
     flags = {k: v for k, v in vars(args).items() if k in config_mod.SCHEMA}
-    return config_mod.load(flags, getattr(args, "config", None))
+    return config_mod.load(flags, getattr(args, "config", None), os.environ, system=True)
+
+
+# An OSError with one of these is the operator's input (a state dir that is a file, not
+# writable, a name too long): refused. Others (a full disk, an I/O error) are errors.
+REFUSED_ERRNOS = {errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS,
+                  errno.ENAMETOOLONG, errno.ENOENT, errno.EEXIST}
 
 
 def main(argv=None) -> int:
@@ -143,14 +162,24 @@ def main(argv=None) -> int:
                    "events": cmd_events}[args.command]
         return handler(args, settings)
     except config_mod.ConfigError as exc:
-        print(f"gitops-ansible: config error: {exc}", file=sys.stderr)
-        return ExitCode.REFUSED
+        return fail(f"config error: {exc}", ExitCode.REFUSED)
+    except StoreError as exc:
+        return fail(str(exc), ExitCode.REFUSED)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return fail(f"{where}{exc.strerror or exc}",
+                    ExitCode.REFUSED if exc.errno in REFUSED_ERRNOS else ExitCode.ERROR)
+
+
+def fail(message: str, code: ExitCode) -> int:
+    print(f"gitops-ansible: {message}", file=sys.stderr)
+    return int(code)
 
 
 def cmd_cycle(args, settings) -> int:
     from .reconcile import cycle
 
-    mode = {"run": "pull", "push": "push", "plan": "plan"}[args.command]
+    mode = {"run": Mode.PULL, "push": Mode.PUSH, "plan": Mode.PLAN}[args.command]
     cancel = threading.Event()
 
     def stop(signum, _frame):
@@ -161,7 +190,7 @@ def cmd_cycle(args, settings) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
-    reporter = Reporter(settings.json, show_diff=settings.diff or mode == "plan")
+    reporter = ConsoleReporter(settings.json, show_diff=settings.diff or mode is Mode.PLAN)
     result = cycle(settings, mode, reporter, cancel=cancel)
     if settings.json:
         reporter.emit("cycle_result", **result.as_dict())
@@ -201,71 +230,30 @@ def cmd_check_hosts(args, settings) -> int:
     return ExitCode.OK if all(c.ok for c in checks) else ExitCode.FAILED
 
 
-def _when(timestamp) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else "-"
-
-
-def _short(revision) -> str:
-    return revision[:12] if revision else "-"
-
-
-def _open_store(settings):
-    from .store import Store
-
-    return Store(settings.state_path / "runs.db")
-
-
 def cmd_status(args, settings) -> int:
-    store = _open_store(settings)
-    envs = [e for e in store.environments() if not settings.env or e["env"] == settings.env]
-    for env in envs:
-        last = store.runs(env["env"], 1)
-        env["last_run"] = last[0] if last else None
-    store.close()
+    envs = status_mod.status(settings.state_path, settings.env)
     if settings.json:
-        print(json.dumps(envs, indent=2, default=str))
+        print(json.dumps([e.as_dict() for e in envs], indent=2, default=str))
         return ExitCode.OK
     if not envs:
         print("no runs recorded yet")
         return ExitCode.OK
     rows = []
     for env in envs:
-        last = env["last_run"] or {}
-        rows.append((env["env"], _short(env.get("applied_revision")), _when(env.get("applied_at")),
-                     _short(env.get("good_revision")), _when(env.get("checked_at")),
+        state, last = env.state, env.last_run or {}
+        rows.append((state.env, short(state.applied_revision), when(state.applied_at),
+                     short(state.good_revision), when(state.checked_at),
                      f"{last.get('status', '-')} ({last.get('id', '-')})",
-                     _problem(env)))
+                     "; ".join(env.attention()) or "-"))
     print(table(("ENV", "APPLIED", "APPLIED AT", "LAST GOOD", "LAST CHECK", "LAST RUN", "ATTENTION"),
                 rows), end="")
     return ExitCode.OK
 
 
-def _problem(env: dict) -> str:
-    notes = []
-    if env.get("suspended_reason"):
-        notes.append(f"suspended since {_when(env.get('suspended_at'))}: {env['suspended_reason']}")
-    drifted = json.loads(env.get("drifted_hosts") or "[]")
-    if drifted:
-        notes.append(f"drift on {', '.join(drifted)} (run {env.get('drift_run')})")
-    if env.get("refused_revision"):
-        notes.append(f"revision {_short(env['refused_revision'])} refused")
-    if env.get("fetch_error"):
-        notes.append(f"fetch failing since {_when(env.get('fetch_error_at'))}")
-    if env.get("applied_revision") and env.get("applied_revision") != env.get("good_revision"):
-        notes.append("applied revision has failed hosts")
-    return "; ".join(notes) or "-"
-
-
 def cmd_history(args, settings) -> int:
-    store = _open_store(settings)
-    try:
-        if args.run_id:
-            return _show_run(store, args.run_id, settings.json)
-        runs = store.runs(settings.env, args.count)
-        for run in runs:
-            run["hosts"] = {h["host"]: h["outcome"] for h in store.host_results(run["id"])}
-    finally:
-        store.close()
+    if args.run_id:
+        return _show_run(settings, args.run_id)
+    runs = status_mod.history(settings.state_path, settings.env, args.count)
     if settings.json:
         print(json.dumps(runs, indent=2, default=str))
         return ExitCode.OK
@@ -274,7 +262,7 @@ def cmd_history(args, settings) -> int:
         took = f"{run['finished_at'] - run['started_at']:.1f}s" if run["finished_at"] else "-"
         hosts = " ".join(f"{h}:{o}" for h, o in run["hosts"].items()) or "-"
         mode = run["mode"] + (" (check)" if run["check_mode"] and run["mode"] != "plan" else "")
-        rows.append((run["id"], run["env"], mode, run["trigger"], _short(run["revision"]),
+        rows.append((run["id"], run["env"], mode, run["trigger"], short(run["revision"]),
                      run["status"], str(run["exit_code"] if run["exit_code"] is not None else "-"),
                      took, hosts))
     print(table(("RUN", "ENV", "MODE", "TRIGGER", "REVISION", "STATUS", "EXIT", "DURATION",
@@ -282,20 +270,24 @@ def cmd_history(args, settings) -> int:
     return ExitCode.OK
 
 
-def _show_run(store, run_id: str, as_json: bool) -> int:
-    run = store.run(run_id)
+def _run_or_fail(settings, run_id: str) -> dict | None:
+    run = status_mod.run_detail(settings.state_path, run_id)
     if run is None:
         print(f"gitops-ansible: no run {run_id}", file=sys.stderr)
+    return run
+
+
+def _show_run(settings, run_id: str) -> int:
+    run = _run_or_fail(settings, run_id)
+    if run is None:
         return ExitCode.REFUSED
-    run["hosts"] = store.host_results(run_id)
-    run["tasks"] = store.task_results(run_id)
-    if as_json:
+    if settings.json:
         print(json.dumps(run, indent=2, default=str))
         return ExitCode.OK
     for key in ("id", "env", "mode", "trigger", "ref", "revision", "status", "exit_code",
                 "message", "artifacts"):
         print(f"{key + ':':<11}{run[key] if run[key] is not None else '-'}")
-    print(f"{'started:':<11}{_when(run['started_at'])}  finished: {_when(run['finished_at'])}")
+    print(f"{'started:':<11}{when(run['started_at'])}  finished: {when(run['finished_at'])}")
     if run["hosts"]:
         print(table(("HOST", "PLATFORM", "OUTCOME", "OK", "CHANGED", "FAILED", "UNREACHABLE",
                      "MESSAGE"),
@@ -310,8 +302,6 @@ def _show_run(store, run_id: str, as_json: bool) -> int:
 
 
 def _agent_config_path(args) -> str:
-    import os
-
     return (getattr(args, "config", None) or os.environ.get("GITOPS_ANSIBLE_CONFIG")
             or DEFAULT_AGENT_CONFIG)
 
@@ -322,7 +312,7 @@ def cmd_agent(args) -> int:
     flags = {k: v for k, v in vars(args).items()
              if k in config_mod.SCHEMA or k in config_mod.AGENT_SCHEMA}
     try:
-        agent = Agent(_agent_config_path(args), flags)
+        agent = Agent(_agent_config_path(args), flags, environ=os.environ)
     except OSError as exc:
         print(f"gitops-ansible: agent: {exc}", file=sys.stderr)
         return ExitCode.ERROR
@@ -357,45 +347,30 @@ def cmd_sync(args) -> int:
 
 
 def cmd_suspend(args, settings) -> int:
-    store = _open_store(settings)
-    try:
-        store.update_env(args.env, suspended_reason=args.reason, suspended_at=time.time())
-    finally:
-        store.close()
+    status_mod.suspend(settings.state_path, args.env, args.reason)
     print(f"{args.env}: suspended: {args.reason}")
     return ExitCode.OK
 
 
 def cmd_resume(args, settings) -> int:
-    store = _open_store(settings)
-    try:
-        reason = store.env_state(args.env).get("suspended_reason")
-        store.update_env(args.env, suspended_reason=None, suspended_at=None)
-    finally:
-        store.close()
+    reason = status_mod.resume(settings.state_path, args.env)
     print(f"{args.env}: resumed" + (f" (was suspended: {reason})" if reason else
                                     " (it was not suspended)"))
     return ExitCode.OK
 
 
 def cmd_events(args, settings) -> int:
-    store = _open_store(settings)
-    try:
-        run = store.run(args.run_id)
-        tasks = store.task_results(args.run_id) if run else []
-    finally:
-        store.close()
+    run = _run_or_fail(settings, args.run_id)
     if run is None:
-        print(f"gitops-ansible: no run {args.run_id}", file=sys.stderr)
         return ExitCode.REFUSED
     context = {"run_id": run["id"], "env": run["env"], "revision": run["revision"]}
     if settings.json:
-        for task in tasks:
+        for task in run["tasks"]:
             print(json.dumps({**context, **task}, default=str))
         return ExitCode.OK
-    print(f"run {run['id']}  env {run['env']}  revision {_short(run['revision'])}  "
+    print(f"run {run['id']}  env {run['env']}  revision {short(run['revision'])}  "
           f"{run['mode']}  {run['status']}")
-    for task in tasks:
+    for task in run["tasks"]:
         took = f"{task['duration']:.1f}s" if task["duration"] else "-"
         role = f"{task['role']} : " if task["role"] else ""
         print(f"{task['seq']:>4}  {task['host']:<20} {task['status']:<11} {took:>6}  "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 ENV_PREFIX = "GITOPS_ANSIBLE_"
@@ -33,11 +33,12 @@ class Option:
     default: object
     help: str
     choices: tuple = ()
+    minimum: int = 0  # kind int
 
     def describe(self) -> str:
         if self.kind == "choice":
             return "one of " + ", ".join(self.choices)
-        return {"int": "an integer >= 0", "bool": "true or false",
+        return {"int": f"an integer >= {self.minimum}", "bool": "true or false",
                 "path": "a file system path", "str": "a string",
                 "duration": "a duration such as 30s, 5m, 2h or seconds as a number"}[self.kind]
 
@@ -54,10 +55,10 @@ class Option:
             if text in ("0", "false", "no", "off"):
                 return False
         elif self.kind == "int":
-            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-                return value
             if isinstance(value, str) and value.strip().isdigit():
-                return int(value)
+                value = int(value)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= self.minimum:
+                return value
         elif self.kind == "choice":
             if value in self.choices:
                 return value
@@ -79,81 +80,87 @@ def _default_state_dir() -> str:
     return os.path.join(base, "gitops-ansible")
 
 
-SCHEMA = {o.name: o for o in [
-    Option("repo", "str", None, "Git URL to pull from: file://, git://, ssh://, https:// (or a local path)"),
-    Option("ref", "str", "HEAD", "branch, tag or commit to converge (HEAD: the remote's default branch)"),
-    Option("env", "str", None, "environment: a directory under the inventory root"),
-    Option("path", "path", ".", "push/plan: the local checkout to converge"),
-    Option("state_dir", "path", None, "run store, locks and artifacts"),
-    Option("workdir", "path", None, "Git mirror and checkouts (default: STATE_DIR/work)"),
-    Option("playbook", "path", "playbooks/site.yml", "entry playbook, relative to the repository"),
-    Option("inventory_dir", "path", "inventories", "directory holding one inventory per environment"),
-    Option("vault_password_file", "path", None, "ansible-vault password file (relative: to the checkout)"),
-    Option("splay", "int", 0, "sleep a random 0..N seconds before the cycle (spreads cron fleets)"),
-    Option("check", "bool", False, "check mode: report what would change, change nothing"),
-    Option("diff", "bool", False, "show differences of changed files and templates"),
-    Option("limit", "str", None, "Ansible host pattern to limit the run to"),
-    Option("tags", "str", None, "only run tasks with these tags (comma separated)"),
-    Option("skip_tags", "str", None, "skip tasks with these tags (comma separated)"),
-    Option("force", "bool", False, "converge even if the revision is already applied; if the fetch "
-                                   "fails, converge the last good checkout (ansible-pull -f)"),
-    Option("lock", "choice", "wait", "when another cycle holds the environment's lock", ("wait", "fail")),
-    Option("lock_timeout", "int", 3600, "seconds to wait for the lock (lock = wait)"),
-    Option("timeout", "int", 0, "cancel the Ansible run after N seconds (0: no limit)"),
-    Option("preflight", "choice", "skip", "SSH pre-flight before converging: off, report failing hosts, "
-                                          "or skip them", ("off", "report", "skip")),
-    Option("preflight_timeout", "int", 5, "seconds to wait for each host in the pre-flight"),
-    Option("known_hosts", "path", None, "known_hosts for Git over SSH and the pre-flight "
-                                        "(default ~/.ssh/known_hosts)"),
-    Option("ssh_key", "path", None, "private key for Git over SSH"),
-    Option("accept_host_key", "bool", False, "Git over SSH: accept and remember an unknown host key"),
-    Option("git_token_file", "path", None, "file holding an HTTPS token for Git (or set GITOPS_ANSIBLE_GIT_TOKEN)"),
-    Option("git_token_user", "str", "x-access-token", "user name sent with the HTTPS token"),
-    Option("git_timeout", "int", 60, "seconds allowed for one Git operation"),
-    Option("keep_runs", "int", 20, "artifact directories kept per environment"),
-    Option("keep_checkouts", "int", 3, "checkouts kept per environment (besides the last good one)"),
-    Option("json", "bool", False, "structured JSON lines on stdout instead of progress for a person"),
-]}
+def setting(kind: str, default, help: str, choices: tuple = (), minimum: int = 0):
+    """A field of ``Settings``: its kind, default and help make the one schema."""
+    return field(default=default, metadata={"kind": kind, "help": help, "choices": choices,
+                                            "minimum": minimum})
 
 
-@dataclass
+@dataclass(frozen=True)
 class Settings:
-    values: dict = field(default_factory=dict)
-    sources: dict = field(default_factory=dict)  # key -> where the value came from
-
-    def __getattr__(self, name):
-        try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    """The settings of one cycle; ``sources`` says where each value came from."""
+    repo: str | None = setting("str", None, "Git URL to pull from: file://, git://, ssh://, https:// (or a local path)")
+    ref: str = setting("str", "HEAD", "branch, tag or commit to converge (HEAD: the remote's default branch)")
+    env: str | None = setting("str", None, "environment: a directory under the inventory root")
+    path: str = setting("path", ".", "push/plan: the local checkout to converge")
+    state_dir: str | None = setting("path", None, "run store, locks and artifacts")
+    workdir: str | None = setting("path", None, "Git mirror and checkouts (default: STATE_DIR/work)")
+    playbook: str = setting("path", "playbooks/site.yml", "entry playbook, relative to the repository")
+    inventory_dir: str = setting("path", "inventories", "directory holding one inventory per environment")
+    vault_password_file: str | None = setting("path", None, "ansible-vault password file (relative: to the checkout)")
+    splay: int = setting("int", 0, "sleep a random 0..N seconds before the cycle (spreads cron fleets)")
+    check: bool = setting("bool", False, "check mode: report what would change, change nothing")
+    diff: bool = setting("bool", False, "show differences of changed files and templates")
+    limit: str | None = setting("str", None, "Ansible host pattern to limit the run to")
+    tags: str | None = setting("str", None, "only run tasks with these tags (comma separated)")
+    skip_tags: str | None = setting("str", None, "skip tasks with these tags (comma separated)")
+    force: bool = setting("bool", False, "converge even if the revision is already applied; if the fetch "
+                                         "fails, converge the last good checkout (ansible-pull -f)")
+    lock: str = setting("choice", "wait", "when another cycle holds the environment's lock", ("wait", "fail"))
+    lock_timeout: int = setting("int", 3600, "seconds to wait for the lock (lock = wait)")
+    timeout: int = setting("int", 0, "cancel the Ansible run after N seconds (0: no limit)")
+    preflight: str = setting("choice", "skip", "SSH pre-flight before converging: off, report failing hosts, "
+                                               "or skip them", ("off", "report", "skip"))
+    preflight_timeout: int = setting("int", 5, "seconds to wait for each host in the pre-flight", minimum=1)
+    known_hosts: str | None = setting("path", None, "known_hosts for Git over SSH and the pre-flight "
+                                                    "(default ~/.ssh/known_hosts)")
+    ssh_key: str | None = setting("path", None, "private key for Git over SSH")
+    accept_host_key: bool = setting("bool", False, "Git over SSH: accept and remember an unknown host key")
+    git_token_file: str | None = setting("path", None, "file holding an HTTPS token for Git (or set GITOPS_ANSIBLE_GIT_TOKEN)")
+    git_token_user: str = setting("str", "x-access-token", "user name sent with the HTTPS token")
+    git_timeout: int = setting("int", 60, "seconds allowed for one Git operation", minimum=1)
+    keep_runs: int = setting("int", 20, "artifact directories kept per environment")
+    keep_checkouts: int = setting("int", 3, "checkouts kept per environment (besides the last good one)")
+    json: bool = setting("bool", False, "structured JSON lines on stdout instead of progress for a person")
+    sources: dict = field(default_factory=dict, compare=False, repr=False)
+    # GITOPS_ANSIBLE_GIT_TOKEN of the environment the settings were loaded from.
+    git_token_env: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def state_path(self) -> Path:
-        return Path(self.values["state_dir"] or _default_state_dir()).expanduser()
+        return Path(self.state_dir or _default_state_dir()).expanduser()
 
     @property
     def work_path(self) -> Path:
-        work = self.values["workdir"]
-        return Path(work).expanduser() if work else self.state_path / "work"
+        return Path(self.workdir).expanduser() if self.workdir else self.state_path / "work"
 
     def require(self, *keys: str) -> None:
         for key in keys:
-            if not self.values.get(key):
+            if not getattr(self, key):
                 raise ConfigError("settings", key, f"a value (flag --{key.replace('_', '-')}, "
                                   f"environment {ENV_PREFIX}{key.upper()} or the config file)")
 
     def git_token(self) -> str | None:
-        token = os.environ.get("GITOPS_ANSIBLE_GIT_TOKEN")
-        if token:
-            return token.strip()
-        if self.values.get("git_token_file"):
-            path = Path(self.values["git_token_file"]).expanduser()
+        if self.git_token_env:
+            return self.git_token_env.strip()
+        if self.git_token_file:
+            path = Path(self.git_token_file).expanduser()
             try:
                 return path.read_text().strip()
             except OSError as exc:
                 raise ConfigError(self.sources.get("git_token_file", "settings"), "git_token_file",
                                   "a readable file", f"{path}: {exc.strerror}") from None
         return None
+
+
+SCHEMA = {f.name: Option(f.name, f.metadata["kind"], f.default, f.metadata["help"],
+                         f.metadata["choices"], f.metadata["minimum"])
+          for f in fields(Settings) if "kind" in f.metadata}
+
+
+def _settings(values: dict, sources: dict, environ) -> Settings:
+    return Settings(**values, sources=sources,
+                    git_token_env=environ.get("GITOPS_ANSIBLE_GIT_TOKEN") or None)
 
 
 def _apply(values: dict, sources: dict, layer: dict, source: str) -> None:
@@ -173,6 +180,9 @@ def read_toml(path) -> dict:
             return tomllib.load(handle)
     except OSError as exc:
         raise ConfigError(str(path), "-", "a readable TOML file", exc.strerror) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), "-", "a UTF-8 text file", f"byte {exc.start}: "
+                          f"{exc.reason}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), "-", "valid TOML", str(exc)) from None
 
@@ -198,21 +208,27 @@ def from_environ(environ) -> dict:
     return layer
 
 
-def load(flags: dict | None = None, config_path: str | None = None, environ=None) -> Settings:
-    """Settings from defaults, then the config file, then the environment, then flags."""
-    environ = os.environ if environ is None else environ
+def load(flags: dict | None = None, config_path: str | None = None, environ=None,
+         system: bool = False) -> Settings:
+    """Settings from defaults, then the config file, then the environment, then flags.
+
+    The library reads no environment and no system file unless asked: ``environ`` (a
+    mapping such as ``os.environ``) gives ``GITOPS_ANSIBLE_*`` variables, and ``system``
+    reads /etc/gitops-ansible/config.toml when no other config file is named.
+    """
+    environ = {} if environ is None else environ
     values = {name: option.default for name, option in SCHEMA.items()}
     sources = {name: "default" for name in SCHEMA}
     path = config_path or environ.get("GITOPS_ANSIBLE_CONFIG")
     if path:
         _apply(values, sources, read_file(Path(path)), str(path))
-    elif DEFAULT_CONFIG.is_file():
+    elif system and DEFAULT_CONFIG.is_file():
         _apply(values, sources, read_file(DEFAULT_CONFIG), str(DEFAULT_CONFIG))
     for key, raw in from_environ(environ).items():
         _apply(values, sources, {key: raw}, f"environment variable {ENV_PREFIX}{key.upper()}")
     for key, raw in (flags or {}).items():
         _apply(values, sources, {key: raw}, f"flag --{key.replace('_', '-')}")
-    return Settings(values, sources)
+    return _settings(values, sources, environ)
 
 
 # -- the agent's file: shared settings, [agent], [[sources]], [[notify]] ----------------
@@ -299,7 +315,7 @@ def _source(path: str, index: int, table: dict, shared: dict, environ) -> Source
         raise ConfigError(where, "state_dir", "no value here: the agent keeps one store; set "
                                               "state_dir at the top of the file")
     _apply(values, sources, table, where)
-    settings = Settings(values, sources)
+    settings = _settings(values, sources, environ)
     for key in ("env", "repo"):
         if not values.get(key):
             raise ConfigError(where, key, "a value (every source needs repo and env)")
@@ -358,8 +374,9 @@ def _notify(path: str, index: int, raw) -> dict:
 
 
 def load_agent(path: str, flags: dict | None = None, environ=None) -> AgentConfig:
-    """The agent's TOML file, checked as a whole: one bad key refuses the file."""
-    environ = os.environ if environ is None else environ
+    """The agent's TOML file, checked as a whole: one bad key refuses the file.
+    ``environ`` as for ``load``: none unless given."""
+    environ = {} if environ is None else environ
     data = read_toml(path)
     agent = _table(data.pop("agent", {}), AGENT_SCHEMA, f"{path}: [agent]")
     for key, raw in (flags or {}).items():

@@ -27,7 +27,7 @@ RESULT_EVENTS = {"runner_on_ok": "ok", "runner_on_failed": "failed",
 
 @dataclass
 class Outcome:
-    status: str  # successful | failed | timeout | canceled | error
+    status: str  # successful | failed | timeout | cancelled | error
     rc: int
     hosts: dict[str, HostResult] = field(default_factory=dict)
     tasks: list[TaskResult] = field(default_factory=list)
@@ -113,7 +113,8 @@ def _diffs(res: dict) -> list:
 
 
 def runner_env(plan, run_id: str) -> dict:
-    """Environment for ansible-playbook: this interpreter's bin first (see DESIGN traps).
+    """Environment for ansible-playbook: this interpreter's bin first (ansible-runner
+    starts the ``ansible-playbook`` it finds on PATH: rc 127 when the venv's is not first).
 
     The run id marks the Ansible processes of a run, so that a later cycle can find and
     stop those a killed controller left behind (ansible-runner starts them in their own
@@ -161,10 +162,11 @@ def execute(plan, run_id: str, private_dir: Path, redactor: Redactor, listener=N
     stop_orphans(run_id, grace=5.0)  # a cancelled run can leave module processes behind
     artifacts = Path(runner.config.artifact_dir)
     redactor.scrub_tree(artifacts, skip=("job_events",))  # events: scrubbed in handle()
-    outcome = Outcome(status=runner.status, rc=runner.rc if runner.rc is not None else -1,
+    status = "cancelled" if runner.status == "canceled" else runner.status
+    outcome = Outcome(status=status, rc=runner.rc if runner.rc is not None else -1,
                       hosts=execution.host_results(), tasks=execution.tasks, artifacts=artifacts)
-    if runner.status in ("timeout", "canceled"):
-        outcome.message = (f"cancelled after the {plan.timeout}s timeout" if runner.status ==
+    if status in ("timeout", "cancelled"):
+        outcome.message = (f"cancelled after the {plan.timeout}s timeout" if status ==
                            "timeout" else "cancelled")
     elif execution.stats is None:
         outcome.status = "error"

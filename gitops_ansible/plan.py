@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .store import EnvState
+
 
 @dataclass
 class Decision:
@@ -17,24 +19,24 @@ class Decision:
     reason: str
 
 
-def decide(state: dict, revision: str, force: bool = False, check: bool = False) -> Decision:
+def decide(state: EnvState, revision: str, force: bool = False, check: bool = False) -> Decision:
     """Converge unless this revision is applied already and its last converge had no failures.
 
     A revision whose converge left failed or unreachable hosts is retried by the next
     cycle; a revision that was refused stays refused until a new commit or ``--force``.
     """
-    applied, good = state.get("applied_revision"), state.get("good_revision")
+    applied = state.applied_revision
     if force:
         return Decision(True, "forced")
     if check:
         return Decision(True, "check mode")
-    if revision == state.get("refused_revision"):
+    if revision == state.refused_revision:
         return Decision(False, "refused")
     if applied is None:
         return Decision(True, "first converge of this environment")
     if revision != applied:
         return Decision(True, f"new revision (applied: {applied[:12]})")
-    if good != applied:
+    if state.failing:
         return Decision(True, "retry: the last converge of this revision had failures")
     return Decision(False, "already applied")
 
@@ -55,7 +57,6 @@ class Plan:
     vault_password_file: Path | None = None
     timeout: int = 0
     excluded: dict[str, str] = field(default_factory=dict)  # host -> why (pre-flight)
-    secrets: set[str] = field(default_factory=set)
 
     @property
     def hosts(self) -> list[str]:
@@ -68,12 +69,6 @@ class Plan:
         parts = [self.limit or "all"] + [f"!{host}" for host in sorted(self.excluded)]
         return ":".join(parts)
 
-    def describe(self) -> dict:
-        return {"env": self.env, "revision": self.revision, "playbook": self.playbook,
-                "platforms": self.platforms, "limit": self.effective_limit(), "tags": self.tags,
-                "skip_tags": self.skip_tags, "check": self.check, "diff": self.diff,
-                "excluded": self.excluded}
-
 
 def build(settings, inventory, checkout: Path, revision: str, check: bool) -> Plan:
     password = None
@@ -84,5 +79,4 @@ def build(settings, inventory, checkout: Path, revision: str, check: bool) -> Pl
                 playbook=settings.playbook, inventory=inventory.path,
                 platforms=inventory.by_platform(), limit=settings.limit, tags=settings.tags,
                 skip_tags=settings.skip_tags, check=check, diff=settings.diff or check,
-                vault_password_file=password, timeout=settings.timeout,
-                secrets=set(inventory.secrets))
+                vault_password_file=password, timeout=settings.timeout)

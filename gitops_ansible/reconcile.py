@@ -9,8 +9,8 @@ cycles for one environment never overlap.
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
-import json
 import os
 import random
 import sys
@@ -22,13 +22,15 @@ from pathlib import Path
 from . import plan as plan_mod
 from . import source
 from .report import ExitCode, Redactor, Reporter
-from .store import FAILED_OUTCOMES, HostResult, RunRecord, Store
+from .store import (FAILED_OUTCOMES, EnvState, HostResult, Mode, RunRecord, RunStatus, Store,
+                    Transition, Verdict, new_run_id)
 
 
 @dataclass
 class Result:
+    """What a cycle returns: the exit code, how it ended and where it is recorded."""
     exit_code: ExitCode
-    status: str
+    status: RunStatus
     message: str
     run_id: str | None = None
     revision: str | None = None
@@ -36,9 +38,19 @@ class Result:
     fetch_failed: bool = False  # Git could not be reached or the ref is gone
 
     def as_dict(self) -> dict:
-        return {"exit_code": int(self.exit_code), "status": self.status, "message": self.message,
-                "run_id": self.run_id, "revision": self.revision,
+        return {"exit_code": int(self.exit_code), "status": str(self.status),
+                "message": self.message, "run_id": self.run_id, "revision": self.revision,
                 "hosts": {h.host: h.outcome for h in self.hosts}}
+
+
+class Stop(Exception):
+    """A step ends the cycle early with this verdict (nothing to do, fetch failed, refused)."""
+
+    def __init__(self, verdict: Verdict, fetch_failed: bool = False, logged: bool = False,
+                 message: str | None = None):
+        super().__init__(verdict.message)
+        self.verdict, self.fetch_failed, self.logged = verdict, fetch_failed, logged
+        self.message = message  # the result's message, when it differs from the record's
 
 
 class Lock:
@@ -83,44 +95,53 @@ class Lock:
             self.fd = None
 
 
-def default_trigger(mode: str) -> str:
+def default_trigger(mode: Mode) -> str:
     """schedule (cron, timer), manual (a person at a terminal) or ci."""
-    if mode == "pull" and not sys.stdin.isatty():
+    if mode is Mode.PULL and not sys.stdin.isatty():
         return "schedule"
-    return "ci" if os.environ.get("CI") and mode != "pull" else "manual"
+    return "ci" if os.environ.get("CI") and mode is not Mode.PULL else "manual"
 
 
-def cycle(settings, mode: str, reporter: Reporter | None = None, trigger: str | None = None,
-          cancel: threading.Event | None = None, on_start=None) -> Result:
-    """Run one cycle; never raises for expected failures, the result carries the exit code."""
-    reporter = reporter or Reporter(settings.json)
+def cycle(settings, mode: Mode | str, reporter: Reporter | None = None,
+          trigger: str | None = None, cancel: threading.Event | None = None,
+          on_start=None) -> Result:
+    """Run one cycle; never raises for expected failures, the result carries the exit code.
+
+    ``reporter`` receives the cycle's events (a silent one when not given); ``on_start``
+    is called with the ``RunRecord`` when a changing run of a known revision starts.
+    """
+    mode = Mode(mode)
+    reporter = reporter or Reporter()
     settings.require("env")
-    if mode == "pull":
+    if mode is Mode.PULL:
         settings.require("repo")
         if settings.splay:
             delay = random.uniform(0, settings.splay)
             reporter.log(f"splay: sleeping {delay:.1f}s")
             time.sleep(delay)
-    state_dir = settings.state_path
-    lock = Lock(state_dir / "locks" / f"{settings.env}.lock")
+    lock = Lock(settings.state_path / "locks" / f"{settings.env}.lock")
     wait = settings.lock == "wait"
     if not lock.acquire(wait, settings.lock_timeout, lambda holder: reporter.log(
             f"waiting for the running cycle of '{settings.env}' to finish ({holder})")):
         message = (f"another cycle of '{settings.env}' is running ({lock.holder()}); "
                    + ("gave up waiting" if wait else "not waiting (lock = fail)"))
         reporter.log(message, "error")
-        return Result(ExitCode.BUSY, "busy", message)
-    store = Store(state_dir / "runs.db")
+        return Result(ExitCode.BUSY, RunStatus.BUSY, message)
+    try:
+        store = Store(settings.state_path / "runs.db")
+    except BaseException:
+        lock.release()
+        raise
     try:
         for row in store.mark_interrupted(settings.env):
             _finish_off(store, row, reporter)
-        suspended = store.env_state(settings.env).get("suspended_reason")
-        if suspended and mode == "pull":
+        suspended = store.env_state(settings.env).suspended_reason
+        if suspended and mode is Mode.PULL:
             message = f"{settings.env}: suspended ({suspended}); no changing run until resumed"
             reporter.bind(env=settings.env)
             reporter.log(message, "warning")
-            return Result(ExitCode.NOTHING, "suspended", message)
-        if suspended and mode == "push":
+            return Result(ExitCode.NOTHING, RunStatus.SUSPENDED, message)
+        if suspended and mode is Mode.PUSH:
             reporter.log(f"{settings.env} is suspended ({suspended}); push converges anyway",
                          "warning")
         job = Cycle(settings, mode, store, reporter, trigger or default_trigger(mode),
@@ -151,23 +172,43 @@ def _discard_artifacts(store: Store, run_id: str, path: str | None) -> None:
 
 
 class Cycle:
-    def __init__(self, settings, mode, store, reporter, trigger, cancel, on_start=None):
+    """One cycle's steps. Each returns what the next needs or raises ``Stop``; ``run``
+    hands the verdict to ``_finish``, the one place that records and reports it."""
+
+    def __init__(self, settings, mode: Mode, store, reporter, trigger, cancel, on_start=None):
         self.settings, self.mode, self.store, self.reporter = settings, mode, store, reporter
         self.trigger, self.cancel, self.on_start = trigger, cancel, on_start
         self.env = settings.env
-        self.check = bool(settings.check or mode in ("plan", "drift"))
-        self.remote = mode == "pull" or (mode == "plan" and bool(settings.repo))
+        self.check = bool(settings.check or mode.check)
+        self.remote = mode is Mode.PULL or (mode is Mode.PLAN and bool(settings.repo))
         self.run_record: RunRecord | None = None
+        self.fetch_error: str | None = None  # a failed fetch that --force went past
+        self.converged = False               # Ansible ran (or every host was excluded)
+        self.redactor = Redactor()
 
-    # -- source ---------------------------------------------------------------------
     def run(self) -> Result:
-        if self.mode == "drift":
-            return self._drift()
-        if not self.remote:
+        stop = None
+        try:
+            verdict = self._steps()
+        except Stop as early:
+            stop, verdict = early, early.verdict
+        except Exception as exc:  # a bug: recorded as such, never left `running`
+            verdict = self._internal_error(exc)
+        return self._finish(verdict, stop)
+
+    def _steps(self) -> Verdict:
+        if self.mode is Mode.DRIFT:
+            checkout, revision = self._drift_source()
+        elif self.remote:
+            checkout, revision = self._pull_source()
+        else:
             checkout = Path(self.settings.path).expanduser().resolve()
             revision = source.local_revision(checkout)
             self._start(revision)
-            return self._converge(checkout, revision)
+        return self._converge(checkout, revision)
+
+    # -- source ---------------------------------------------------------------------
+    def _pull_source(self) -> tuple[Path, str]:
         state = self.store.env_state(self.env)
         try:
             revision = source.resolve(self.settings)
@@ -175,106 +216,102 @@ class Cycle:
             return self._fetch_failed(state, str(exc))
         decision = plan_mod.decide(state, revision, self.settings.force, self.check)
         if not decision.converge:
-            return self._nothing(state, revision, decision)
+            raise Stop(self._nothing(state, revision, decision))
         self._start(revision)
         self.reporter.log(f"{self.env}: converging {revision[:12]} ({decision.reason}), "
                           f"run {self.run_record.id}")
         try:
             revision = source.fetch(self.settings, revision)
-            checkout = source.export(self.settings, revision)
+            return source.export(self.settings, revision), revision
         except (source.SourceError, OSError) as exc:
             return self._fetch_failed(state, str(exc))
-        return self._converge(checkout, revision)
 
-    def _drift(self) -> Result:
-        """Check mode against the applied revision's checkout (fetched again if pruned)."""
-        revision = self.store.env_state(self.env).get("applied_revision")
+    def _drift_source(self) -> tuple[Path, str]:
+        """The applied revision's checkout (fetched again if pruned)."""
+        state = self.store.env_state(self.env)
+        revision = state.applied_revision
         if not revision:
-            message = f"{self.env}: nothing applied yet; no drift check"
             self.reporter.bind(env=self.env)
-            self.reporter.log(message)
-            return Result(ExitCode.NOTHING, "nothing", message)
+            raise Stop(Verdict(RunStatus.NOTHING, ExitCode.NOTHING,
+                               f"{self.env}: nothing applied yet; no drift check"))
         self._start(revision)
         checkout = source.checkout_path(self.settings, revision)
         if not checkout.is_dir():
-            pinned = type(self.settings)({**self.settings.values, "ref": revision},
-                                         self.settings.sources)
+            pinned = dataclasses.replace(self.settings, ref=revision)
             try:
                 source.fetch(pinned, revision)
                 checkout = source.export(pinned, revision)
             except (source.SourceError, OSError) as exc:
-                return self._fetch_failed(self.store.env_state(self.env), str(exc))
+                return self._fetch_failed(state, str(exc))
         self.reporter.log(f"{self.env}: drift check of the applied revision {revision[:12]}, "
                           f"run {self.run_record.id}")
-        return self._converge(checkout, revision)
+        return checkout, revision
 
     def _start(self, revision: str | None) -> None:
         if self.run_record is None:
             self.run_record = RunRecord(env=self.env, mode=self.mode, trigger=self.trigger,
                                         ref=self.settings.ref if self.remote else None,
                                         revision=revision, check_mode=self.check)
-            private = self.settings.state_path / "artifacts" / self.env / self.run_record.id
-            self.store.start_run(self.run_record, str(private))
+            self.store.start_run(self.run_record, str(self._artifacts()))
             if self.on_start and revision and not self.check:
                 self.on_start(self.run_record)
         self.run_record.revision = revision
         self.reporter.bind(run_id=self.run_record.id, env=self.env, revision=revision)
 
-    def _nothing(self, state: dict, revision: str, decision) -> Result:
-        self.store.update_env(self.env, checked_revision=revision, checked_at=time.time(),
-                              fetch_error=None, fetch_error_at=None)
-        self.reporter.bind(env=self.env, revision=revision)
-        if decision.reason == "refused":
-            message = (f"{self.env}: revision {revision[:12]} was refused (run "
-                       f"{state.get('refused_run')}): {state.get('refused_message')}")
-            self.reporter.log(message, "error")
-            return Result(ExitCode.REFUSED, "refused", message, revision=revision)
-        message = (f"{self.env}: nothing to do, revision {revision[:12]} already applied "
-                   f"(run {state.get('applied_run')})")
-        self.reporter.log(message)
-        return Result(ExitCode.NOTHING, "nothing", message, revision=revision)
+    def _artifacts(self) -> Path:
+        return self.settings.state_path / "artifacts" / self.env / self.run_record.id
 
-    def _fetch_failed(self, state: dict, error: str) -> Result:
-        self.store.update_env(self.env, fetch_error=error, fetch_error_at=time.time())
-        good = state.get("good_revision")
+    def _nothing(self, state: EnvState, revision: str, decision) -> Verdict:
+        self.reporter.bind(env=self.env, revision=revision)
+        checked = Transition.checked(revision, time.time())
+        if decision.reason == "refused":
+            return Verdict(RunStatus.REFUSED, ExitCode.REFUSED,
+                           f"{self.env}: revision {revision[:12]} was refused (run "
+                           f"{state.refused_run}): {state.refused_message}",
+                           transition=checked)
+        return Verdict(RunStatus.NOTHING, ExitCode.NOTHING,
+                       f"{self.env}: nothing to do, revision {revision[:12]} already applied "
+                       f"(run {state.applied_run})", transition=checked)
+
+    def _fetch_failed(self, state: EnvState, error: str) -> tuple[Path, str]:
+        """Git failed: with --force, go on with the last good checkout; else stop."""
+        good = state.good_revision
         fallback = source.checkout_path(self.settings, good) if good else None
         if self.settings.force and fallback and fallback.is_dir():
             self.reporter.log(f"fetch failed ({error}); --force: converging the last good "
                               f"revision {good[:12]}", "warning")
+            self.fetch_error = error
             self._start(good)
-            return self._converge(fallback, good)
+            return fallback, good
         self._start(self.run_record.revision if self.run_record else None)
         kept = f"; the last good revision {good[:12]} stays in use" if good else ""
-        message = f"fetch failed: {error}{kept}"
-        self.store.finish_run(self.run_record, "error", ExitCode.ERROR, message)
-        self.reporter.log(message, "error")
-        result = self._result(ExitCode.ERROR, "error", message)
-        result.fetch_failed = True
-        return result
+        raise Stop(Verdict(RunStatus.ERROR, ExitCode.ERROR, f"fetch failed: {error}{kept}",
+                           transition=Transition.fetch_failed(error, time.time())),
+                   fetch_failed=True)
 
-    # -- plan -> execute -> record ------------------------------------------------------
-    def _converge(self, checkout: Path, revision: str) -> Result:
+    # -- plan -> execute ----------------------------------------------------------------
+    def _converge(self, checkout: Path, revision: str) -> Verdict:
         from . import inventory as inventory_mod  # YAML and Ansible: only when there is work
 
         try:
             inventory = inventory_mod.load(checkout, self.settings)
         except inventory_mod.Refused as exc:
-            return self._refused(revision, exc.problems)
+            verdict = self._refused(exc.problems)
+            raise Stop(verdict, logged=True, message=f"revision {revision[:12]} refused: "
+                       f"{verdict.message}") from None
         if self.remote and not self.check:
             source.switch(self.settings, revision)
         token = self.settings.git_token() if self.remote else None
-        redactor = Redactor(inventory.secrets | ({token} if token else set()))
+        self.redactor = Redactor(inventory.secrets | ({token} if token else set()))
         the_plan = plan_mod.build(self.settings, inventory, checkout, revision, self.check)
         self._preflight(inventory, the_plan)
-        excluded = {h: why for h, why in the_plan.excluded.items()}
-        if excluded and set(excluded) >= set(the_plan.hosts):
-            outcome = None
-        else:
+        outcome = None
+        if not the_plan.excluded or set(the_plan.excluded) < set(the_plan.hosts):
             from .execute import execute
-            private = self.settings.state_path / "artifacts" / self.env / self.run_record.id
-            outcome = execute(the_plan, self.run_record.id, private, redactor, self.reporter,
-                              self.cancel)
-        return self._record(the_plan, outcome, redactor)
+            outcome = execute(the_plan, self.run_record.id, self._artifacts(), self.redactor,
+                              self.reporter, self.cancel)
+        self.converged = True
+        return self._verdict(the_plan, outcome)
 
     def _preflight(self, inventory, the_plan) -> None:
         if self.settings.preflight == "off":
@@ -288,97 +325,120 @@ class Cycle:
         if self.settings.preflight == "skip":
             the_plan.excluded = {c.host: f"{c.status}: {c.detail}" for c in bad}
 
-    def _refused(self, revision: str, problems) -> Result:
+    def _refused(self, problems) -> Verdict:
         for problem in problems:
             self.reporter.log(f"refused: {problem}", "error")
         message = "; ".join(str(p) for p in problems)
-        update = None
+        transition = None
         if self.remote and not self.check:
-            update = {"refused_revision": revision, "refused_run": self.run_record.id,
-                      "refused_message": message}
-        self.store.finish_run(self.run_record, "refused", ExitCode.REFUSED, message,
-                              env_update=update)
-        return self._result(ExitCode.REFUSED, "refused", f"revision {revision[:12]} refused: "
-                            f"{message}")
+            transition = Transition.refused(self.run_record.revision, self.run_record.id,
+                                            message)
+        return Verdict(RunStatus.REFUSED, ExitCode.REFUSED, message, transition=transition)
 
-    def _record(self, the_plan, outcome, redactor: Redactor) -> Result:
+    def _verdict(self, the_plan, outcome) -> Verdict:
         hosts = dict(outcome.hosts) if outcome else {}
         for host, why in the_plan.excluded.items():
             platform = next((p for p, names in the_plan.platforms.items() if host in names), None)
             hosts[host] = HostResult(host, platform, unreachable=1, message=f"pre-flight: {why}")
         host_list = [hosts[h] for h in sorted(hosts)]
-        status, code, message = self._verdict(outcome, host_list)
-        message = redactor.scrub(message)
-        run = self.run_record
-        update = None
+        status, code, message = self._judge(outcome, host_list)
+        verdict = Verdict(status, code, self.redactor.scrub(message), host_list,
+                          outcome.tasks if outcome else [])
         partial = bool(the_plan.limit or the_plan.tags or the_plan.skip_tags)
-        if not self.check and not partial and status in ("changed", "unchanged", "failed"):
-            now = time.time()
-            update = {"applied_revision": run.revision, "applied_run": run.id, "applied_at": now,
-                      "refused_revision": None, "refused_message": None, "refused_run": None}
-            if status != "failed":
-                update.update(good_revision=run.revision, good_run=run.id, good_at=now)
-            if self.remote:
-                update.update(checked_revision=run.revision, checked_at=now, fetch_error=None,
-                              fetch_error_at=None)
-            update.update(drift_revision=None, drift_run=None, drift_at=None, drifted_hosts=None)
-        if self.mode == "drift" and status in ("drifted", "unchanged"):
-            update = {"drift_revision": run.revision, "drift_run": run.id, "drift_at": time.time(),
-                      "drifted_hosts": json.dumps([h.host for h in host_list
-                                                   if h.outcome == "changed"])}
-        self.store.finish_run(run, status, code, message, host_list,
-                              outcome.tasks if outcome else [], update)
-        self.reporter.summary(host_list)
-        if self.check and outcome:
-            self._pending(outcome.tasks)
-        self.reporter.log(message, "error" if code in (ExitCode.ERROR, ExitCode.FAILED) else "info")
-        self._retention()
-        return self._result(code, status, message, host_list)
+        run, now = self.run_record, time.time()
+        if not self.check and not partial and status in CONVERGED:
+            verdict.transition = Transition.applied(
+                run.revision, run.id, now, good=status is not RunStatus.FAILED,
+                fetched=self.remote and not self.fetch_error)
+        if self.mode is Mode.DRIFT and status in (RunStatus.DRIFTED, RunStatus.UNCHANGED):
+            verdict.transition = Transition.drift_recorded(
+                run.revision, run.id, now, [h.host for h in host_list if h.outcome == "changed"])
+        return verdict
 
-    def _verdict(self, outcome, hosts) -> tuple[str, ExitCode, str]:
+    def _judge(self, outcome, hosts) -> tuple[RunStatus, ExitCode, str]:
         failed = [h.host for h in hosts if h.outcome in FAILED_OUTCOMES]
         changed = [h.host for h in hosts if h.outcome == "changed"]
         verb = "would change" if self.check else "changed"
         if outcome and outcome.status == "error":
-            return "error", ExitCode.ERROR, f"ansible failed: {outcome.message}"
-        if outcome and outcome.status in ("timeout", "canceled"):
-            return "cancelled", ExitCode.ERROR, outcome.message
+            return RunStatus.ERROR, ExitCode.ERROR, f"ansible failed: {outcome.message}"
+        if outcome and outcome.status in ("timeout", "cancelled"):
+            return RunStatus.CANCELLED, ExitCode.ERROR, outcome.message
         if failed:
-            return "failed", ExitCode.FAILED, (f"{len(failed)} of {len(hosts)} hosts failed or "
-                                               f"unreachable: {', '.join(failed)}")
-        if changed and self.mode == "drift":
-            return "drifted", ExitCode.CHANGED, (f"drift on {len(changed)} of {len(hosts)} hosts: "
-                                                 + ", ".join(changed))
+            return RunStatus.FAILED, ExitCode.FAILED, (
+                f"{len(failed)} of {len(hosts)} hosts failed or unreachable: {', '.join(failed)}")
+        if changed and self.mode is Mode.DRIFT:
+            return RunStatus.DRIFTED, ExitCode.CHANGED, (
+                f"drift on {len(changed)} of {len(hosts)} hosts: " + ", ".join(changed))
         if changed:
-            return "changed", ExitCode.CHANGED, f"{len(changed)} of {len(hosts)} hosts {verb}"
-        return "unchanged", ExitCode.OK, f"{len(hosts)} hosts converged, nothing " + (
+            return RunStatus.CHANGED, ExitCode.CHANGED, f"{len(changed)} of {len(hosts)} hosts {verb}"
+        return RunStatus.UNCHANGED, ExitCode.OK, f"{len(hosts)} hosts converged, nothing " + (
             "would change" if self.check else "changed")
+
+    def _internal_error(self, exc: Exception) -> Verdict:
+        """An unexpected exception: the traceback goes to a file in the state directory
+        (secrets scrubbed), the run and the user get one line saying where."""
+        import traceback
+
+        name = self.run_record.id if self.run_record else new_run_id()
+        path = self.settings.state_path / "logs" / f"{name}.traceback"
+        where = ""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(self.redactor.scrub("".join(traceback.format_exception(exc))))
+            where = f"; details in {path}"
+        except OSError:
+            pass
+        return Verdict(RunStatus.ERROR, ExitCode.ERROR, self.redactor.scrub(
+            f"internal error: {type(exc).__name__}: {exc}{where}"))
+
+    # -- record -> report ---------------------------------------------------------------
+    def _finish(self, verdict: Verdict, stop: Stop | None) -> Result:
+        """Record the run and its state transition once, then report it."""
+        if self.fetch_error and verdict.transition:
+            verdict.transition = verdict.transition.then(
+                Transition.fetch_failed(self.fetch_error, time.time()))
+        if self.run_record:
+            self.store.finish_run(self.run_record, verdict)
+        elif verdict.transition:
+            self.store.apply(self.env, verdict.transition)
+        if self.converged:
+            self.reporter.summary(verdict.hosts)
+            if self.check and verdict.tasks:
+                self._pending(verdict.tasks)
+        if not (stop and stop.logged):
+            self.reporter.log(verdict.message, _level(verdict))
+        if self.converged:
+            self._retention()
+        run = self.run_record
+        message = stop.message if stop and stop.message else verdict.message
+        return Result(ExitCode(verdict.exit_code), verdict.status, message,
+                      run.id if run else None, run.revision if run else None,
+                      list(verdict.hosts), fetch_failed=bool(stop and stop.fetch_failed))
 
     def _pending(self, tasks) -> None:
         by_host: dict[str, list[str]] = {}
         for task in tasks:
             if task.status == "changed":
                 by_host.setdefault(task.host, []).append(task.task)
-        drift = self.mode == "drift"
-        if self.reporter.json_mode:
-            self.reporter.emit("drift" if drift else "pending_changes", hosts=by_host)
-            return
-        for host in sorted(by_host):
-            self.reporter.log((f"drift on {host}: " if drift else f"{host} would change: ")
-                              + "; ".join(by_host[host]))
+        self.reporter.pending(by_host, drift=self.mode is Mode.DRIFT)
 
     def _retention(self) -> None:
         for run_id, path in self.store.old_artifacts(self.env, self.settings.keep_runs):
             _discard_artifacts(self.store, run_id, path)
         if self.remote:
             state = self.store.env_state(self.env)
-            protect = {r for r in (state.get("good_revision"), state.get("applied_revision")) if r}
+            protect = {r for r in (state.good_revision, state.applied_revision) if r}
             current = source.current(self.settings)
             if current:
                 protect.add(current[0])
             source.prune_checkouts(self.settings, self.settings.keep_checkouts, protect)
 
-    def _result(self, code, status, message, hosts=()) -> Result:
-        run = self.run_record
-        return Result(code, status, message, run.id if run else None,
-                      run.revision if run else None, list(hosts))
+
+CONVERGED = (RunStatus.CHANGED, RunStatus.UNCHANGED, RunStatus.FAILED)
+
+
+def _level(verdict: Verdict) -> str:
+    if verdict.status is RunStatus.NOTHING:
+        return "info"
+    return "error" if verdict.exit_code in (ExitCode.ERROR, ExitCode.FAILED,
+                                            ExitCode.REFUSED) else "info"

@@ -1,8 +1,10 @@
 """Report: exit codes, progress for a person, JSON lines for machines, secret redaction.
 
 The ``Reporter`` is the listener of a run: ``execute`` calls ``task_start`` and
-``task_result`` as events arrive; ``reconcile`` calls ``log`` and ``summary``. In JSON
-mode every line is one object carrying ``run_id``, ``env`` and ``revision``.
+``task_result`` as events arrive; ``reconcile`` calls ``log``, ``summary`` and
+``pending``. Each becomes an event for a callback; ``ConsoleReporter`` prints them, for a
+person or as JSON lines (every line one object carrying ``run_id``, ``env`` and
+``revision``).
 """
 from __future__ import annotations
 
@@ -69,14 +71,106 @@ class Redactor:
 
 
 class Reporter:
-    """Progress for a person (default) or JSON lines (``json_mode``) on ``out``."""
+    """The listener of a run. Every log line, task start, task result and host summary
+    becomes one event (a dict carrying ``event``, ``ts`` and the bound context: ``run_id``,
+    ``env``, ``revision``), passed to ``on_event``. Without ``on_event`` it is silent: the
+    library prints nothing unless given a reporter that does."""
+
+    def __init__(self, on_event=None):
+        self.on_event = on_event
+        self.context: dict = {}
+
+    def bind(self, **context) -> None:
+        self.context.update({k: v for k, v in context.items() if v is not None})
+
+    def emit(self, event: str, **fields) -> None:
+        self.handle({"ts": round(time.time(), 3), "event": event, **self.context, **fields})
+
+    def handle(self, record: dict) -> None:
+        if self.on_event:
+            self.on_event(record)
+
+    def log(self, message: str, level: str = "info", **fields) -> None:
+        self.emit("log", level=level, message=message, **fields)
+
+    def task_start(self, task: str, role: str | None) -> None:
+        self.emit("task_start", task=task, role=role)
+
+    def task_result(self, result, diff=None) -> None:
+        self.emit("task_result", host=result.host, task=result.task, role=result.role,
+                  status=result.status, duration=result.duration, message=result.message,
+                  diff=diff)
+
+    def summary(self, hosts) -> None:
+        for host in hosts:
+            self.emit("host_result", host=host.host, platform=host.platform,
+                      outcome=host.outcome, ok=host.ok, changed=host.changed,
+                      failed=host.failed, unreachable=host.unreachable,
+                      skipped=host.skipped, message=host.message)
+        self.emit("summary", hosts=len(hosts))
+
+    def pending(self, by_host: dict[str, list[str]], drift: bool) -> None:
+        """Check mode: the tasks that would change, per host (drift: the drift found)."""
+        self.emit("drift" if drift else "pending_changes", hosts=by_host)
+
+
+class ConsoleReporter(Reporter):
+    """What the CLI and the agent print: progress for a person (default) or JSON lines
+    (``json_mode``) on ``out``; warnings and errors for a person go to ``err``."""
 
     def __init__(self, json_mode: bool = False, out=None, err=None, show_diff: bool = False,
-                 tagged: bool = False):
+                 tagged: bool = False, on_event=None):
+        super().__init__(on_event)
         self.json_mode, self.show_diff, self.tagged = json_mode, show_diff, tagged
         self.out, self.err = out or sys.stdout, err or sys.stderr
-        self.context: dict = {}
-        self._task = None
+        self._rows: list = []
+
+    def handle(self, record: dict) -> None:
+        super().handle(record)
+        if self.json_mode:
+            self._json(record)
+        else:
+            self._text(record)
+
+    def _json(self, record: dict) -> None:
+        if record["event"] in ("task_start", "summary"):
+            return  # a person's progress; machines get task_result and host_result
+        line = {k: v for k, v in record.items() if k != "diff"}
+        self.out.write(json.dumps(line, default=str) + "\n")
+        self.out.flush()
+
+    def _text(self, record: dict) -> None:
+        event = record["event"]
+        if event == "log":
+            level = record["level"]
+            stream = self.err if level in ("error", "warning") else self.out
+            self._write(stream, ("" if level == "info" else f"{level}: ") + record["message"])
+        elif event == "task_start":
+            role, task = record.get("role"), record.get("task", "")
+            self._write(self.out, f"TASK {role} : {task}" if role else f"TASK {task}")
+        elif event == "task_result" and record["status"] != "skipped":  # skips: noise here
+            self._write(self.out, self._result_line(record))
+        elif event == "host_result":
+            self._rows.append((record["host"], record["platform"] or "-", record["ok"],
+                               record["changed"], record["failed"], record["unreachable"],
+                               record["skipped"], record["outcome"], record["message"] or ""))
+        elif event == "summary":
+            rows, self._rows = self._rows, []
+            self._write(self.out, table(("HOST", "PLATFORM", "OK", "CHANGED", "FAILED",
+                                         "UNREACHABLE", "SKIPPED", "OUTCOME", "MESSAGE"), rows))
+        elif event in ("drift", "pending_changes"):
+            lead = "drift on {}: " if event == "drift" else "{} would change: "
+            for host, tasks in sorted(record["hosts"].items()):
+                self._write(self.out, lead.format(host) + "; ".join(tasks))
+
+    def _result_line(self, record: dict) -> str:
+        took = f" ({record['duration']:.1f}s)" if record.get("duration") else ""
+        line = f"  {record['host']:<20} {record['status']:<11}{took}"
+        if record.get("message"):
+            line += f"  {record['message']}"
+        if record.get("diff") and self.show_diff:
+            line += "\n" + render_diff(record["diff"]).rstrip("\n")
+        return line
 
     def _write(self, stream, text: str) -> None:
         """Write lines; a tagged reporter (the agent) starts each with time, env, revision
@@ -87,60 +181,10 @@ class Reporter:
                            for key in ("env", "revision", "run_id") if key in self.context)
             lead = f"{stamp} {tag} " if tag else f"{stamp} "
             text = "".join(lead + line + "\n" for line in text.splitlines())
+        elif not text.endswith("\n"):
+            text += "\n"
         stream.write(text)
         stream.flush()
-
-    def bind(self, **context) -> None:
-        self.context.update({k: v for k, v in context.items() if v is not None})
-
-    def emit(self, event: str, **fields) -> None:
-        record = {"ts": round(time.time(), 3), "event": event, **self.context, **fields}
-        self.out.write(json.dumps(record, default=str) + "\n")
-        self.out.flush()
-
-    def log(self, message: str, level: str = "info", **fields) -> None:
-        if self.json_mode:
-            self.emit("log", level=level, message=message, **fields)
-            return
-        stream = self.err if level in ("error", "warning") else self.out
-        prefix = "" if level == "info" else f"{level}: "
-        self._write(stream, f"{prefix}{message}\n")
-
-    def task_start(self, task: str, role: str | None) -> None:
-        self._task = f"{role} : {task}" if role else task
-        if not self.json_mode:
-            self._write(self.out, f"TASK {self._task}\n")
-
-    def task_result(self, result, diff=None) -> None:
-        if self.json_mode:
-            self.emit("task_result", host=result.host, task=result.task, role=result.role,
-                      status=result.status, duration=result.duration, message=result.message)
-            return
-        if result.status == "skipped":
-            return  # kept in the records and JSON lines; noise for a person
-        took = f" ({result.duration:.1f}s)" if result.duration else ""
-        line = f"  {result.host:<20} {result.status:<11}{took}"
-        if result.message:
-            line += f"  {result.message}"
-        if diff and self.show_diff:
-            line += "\n" + render_diff(diff).rstrip("\n")
-        self._write(self.out, line + "\n")
-
-    def summary(self, hosts, excluded: dict | None = None) -> None:
-        excluded = excluded or {}
-        if self.json_mode:
-            for host in hosts:
-                self.emit("host_result", host=host.host, platform=host.platform,
-                          outcome=host.outcome, ok=host.ok, changed=host.changed,
-                          failed=host.failed, unreachable=host.unreachable,
-                          skipped=host.skipped, message=host.message)
-            return
-        rows = [(h.host, h.platform or "-", str(h.ok), str(h.changed), str(h.failed),
-                 str(h.unreachable), str(h.skipped), h.outcome, h.message or "") for h in hosts]
-        rows.extend((host, "-", "0", "0", "0", "1", "0", "unreachable", f"pre-flight: {why}")
-                    for host, why in sorted(excluded.items()) if host not in {h.host for h in hosts})
-        self._write(self.out, table(("HOST", "PLATFORM", "OK", "CHANGED", "FAILED", "UNREACHABLE",
-                                     "SKIPPED", "OUTCOME", "MESSAGE"), rows))
 
 
 def table(header, rows) -> str:

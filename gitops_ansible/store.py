@@ -1,22 +1,32 @@
-"""The run records: SQLite in WAL mode, one file under the state directory.
+"""The run records and the one typed model of an environment's state.
 
-A run row is written when a cycle starts (status ``running``) and completed when it
-ends, in one transaction with its per-host and per-task results and the environment's
-applied/good revisions. A process killed halfway leaves a ``running`` row that the next
-cycle (holding the environment's lock) marks ``interrupted``; the applied revision only
-moves on a completed converge, so the next cycle does the work again.
-Nothing secret is written here: messages are redacted by the caller.
+SQLite in WAL mode, one file under the state directory. A run row is written when a
+cycle starts (status ``running``) and completed once, when it ends, in one transaction
+with its per-host and per-task results and the environment's state transition. A
+process killed halfway leaves a ``running`` row that the next cycle (holding the
+environment's lock) marks ``interrupted``; the applied revision only moves on a
+completed converge, so the next cycle does the work again.
+
+An environment's state is an ``EnvState`` value. It changes only through the named
+transitions below (``Transition.applied``, ``.refused``, ...), each of which writes the
+fields it names and nothing else, so that a ``suspend`` from the CLI during a running
+cycle is not overwritten by that cycle's record. Nothing secret is written here:
+messages are redacted by the caller.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
 import sqlite3
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
+# Version 1: the tables below. A store written by a newer release is refused.
+SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, env TEXT NOT NULL, mode TEXT NOT NULL, trigger TEXT NOT NULL,
@@ -37,14 +47,173 @@ CREATE TABLE IF NOT EXISTS environments (
     refused_revision TEXT, refused_run TEXT, refused_message TEXT,
     fetch_error TEXT, fetch_error_at REAL);
 """
-# Columns added after the first release: (table, column, type), added when missing.
+# Columns added before the schema had a version: (table, column, type), added when missing.
 MIGRATIONS = [
     ("environments", "suspended_reason", "TEXT"), ("environments", "suspended_at", "REAL"),
     ("environments", "drift_revision", "TEXT"), ("environments", "drift_run", "TEXT"),
     ("environments", "drift_at", "REAL"), ("environments", "drifted_hosts", "TEXT"),
 ]
 
+
+class StoreError(Exception):
+    """The store cannot be used as it is; the message names the file and what to do."""
+
+
+class Mode(StrEnum):
+    """How a cycle was started; ``check`` modes change nothing on the targets."""
+    PULL = "pull"    # fetch the configured repo and ref; skip if already applied
+    PUSH = "push"    # converge a local checkout now (CI)
+    PLAN = "plan"    # check mode with diff, from a local checkout or the repo
+    DRIFT = "drift"  # check mode against the applied revision: what would change is drift
+
+    @property
+    def check(self) -> bool:
+        return self in (Mode.PLAN, Mode.DRIFT)
+
+
+class RunStatus(StrEnum):
+    """How a cycle ended. ``success`` and ``failure`` are decided here and nowhere else;
+    the statuses in neither set are: ``refused`` (a policy outcome, alerted on its own),
+    ``busy`` (another cycle held the lock: retried soon), ``drifted`` (a drift check's
+    finding), ``running`` and ``interrupted`` (records of a run in progress or killed)."""
+    RUNNING = "running"
+    CHANGED = "changed"
+    UNCHANGED = "unchanged"
+    NOTHING = "nothing"
+    SUSPENDED = "suspended"
+    DRIFTED = "drifted"
+    FAILED = "failed"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+    REFUSED = "refused"
+    BUSY = "busy"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def success(self) -> bool:
+        return self in _SUCCESS
+
+    @property
+    def failure(self) -> bool:
+        return self in _FAILURE
+
+
+_SUCCESS = frozenset({RunStatus.CHANGED, RunStatus.UNCHANGED, RunStatus.NOTHING,
+                      RunStatus.SUSPENDED})
+_FAILURE = frozenset({RunStatus.ERROR, RunStatus.FAILED, RunStatus.CANCELLED})
 FAILED_OUTCOMES = ("failed", "unreachable")
+
+
+@dataclass(frozen=True)
+class EnvState:
+    """What the store knows of one environment."""
+    env: str
+    applied_revision: str | None = None
+    applied_run: str | None = None
+    applied_at: float | None = None
+    good_revision: str | None = None
+    good_run: str | None = None
+    good_at: float | None = None
+    checked_revision: str | None = None
+    checked_at: float | None = None
+    refused_revision: str | None = None
+    refused_run: str | None = None
+    refused_message: str | None = None
+    fetch_error: str | None = None
+    fetch_error_at: float | None = None
+    suspended_reason: str | None = None
+    suspended_at: float | None = None
+    drift_revision: str | None = None
+    drift_run: str | None = None
+    drift_at: float | None = None
+    drifted_hosts: tuple[str, ...] = ()
+
+    @property
+    def failing(self) -> bool:
+        """The applied revision's last converge left failed or unreachable hosts."""
+        return bool(self.applied_revision) and self.applied_revision != self.good_revision
+
+    @property
+    def suspended(self) -> bool:
+        return self.suspended_reason is not None
+
+    def as_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["drifted_hosts"] = list(self.drifted_hosts)
+        data["failing"] = self.failing
+        return data
+
+    @classmethod
+    def from_row(cls, env: str, row) -> "EnvState":
+        if row is None:
+            return cls(env)
+        values = {f.name: row[f.name] for f in dataclasses.fields(cls)}
+        values["drifted_hosts"] = tuple(json.loads(values["drifted_hosts"] or "[]"))
+        return cls(**values)
+
+
+_ENV_FIELDS = frozenset(f.name for f in dataclasses.fields(EnvState)) - {"env"}
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A named change of an environment's state: the fields it sets, nothing else."""
+    name: str
+    changes: dict
+
+    def __post_init__(self):
+        unknown = set(self.changes) - _ENV_FIELDS
+        if unknown:
+            raise ValueError(f"transition {self.name}: unknown fields {sorted(unknown)}")
+
+    def then(self, other: "Transition") -> "Transition":
+        """This transition followed by ``other``, written together."""
+        return Transition(f"{self.name}+{other.name}", {**self.changes, **other.changes})
+
+    @classmethod
+    def checked(cls, revision: str, at: float) -> "Transition":
+        """A pull cycle saw ``revision`` and found nothing to do; Git answered."""
+        return cls("checked", {"checked_revision": revision, "checked_at": at,
+                               "fetch_error": None, "fetch_error_at": None})
+
+    @classmethod
+    def fetch_failed(cls, error: str, at: float) -> "Transition":
+        return cls("fetch_failed", {"fetch_error": error, "fetch_error_at": at})
+
+    @classmethod
+    def refused(cls, revision: str, run_id: str, message: str) -> "Transition":
+        return cls("refused", {"refused_revision": revision, "refused_run": run_id,
+                               "refused_message": message})
+
+    @classmethod
+    def applied(cls, revision: str, run_id: str, at: float, good: bool,
+                fetched: bool) -> "Transition":
+        """A complete converge of ``revision``; ``good`` when no host failed, ``fetched``
+        when it came from the repository (so Git answered)."""
+        changes = {"applied_revision": revision, "applied_run": run_id, "applied_at": at,
+                   "refused_revision": None, "refused_run": None, "refused_message": None,
+                   "drift_revision": None, "drift_run": None, "drift_at": None,
+                   "drifted_hosts": ()}
+        if good:
+            changes.update(good_revision=revision, good_run=run_id, good_at=at)
+        if fetched:
+            changes.update(checked_revision=revision, checked_at=at, fetch_error=None,
+                           fetch_error_at=None)
+        return cls("applied", changes)
+
+    @classmethod
+    def drift_recorded(cls, revision: str, run_id: str, at: float,
+                       hosts) -> "Transition":
+        return cls("drift_recorded", {"drift_revision": revision, "drift_run": run_id,
+                                      "drift_at": at, "drifted_hosts": tuple(sorted(hosts))})
+
+    @classmethod
+    def suspended(cls, reason: str, at: float) -> "Transition":
+        return cls("suspended", {"suspended_reason": reason, "suspended_at": at})
+
+    @classmethod
+    def resumed(cls) -> "Transition":
+        return cls("resumed", {"suspended_reason": None, "suspended_at": None})
 
 
 @dataclass
@@ -80,7 +249,7 @@ class TaskResult:
 @dataclass
 class RunRecord:
     env: str
-    mode: str
+    mode: Mode
     trigger: str
     ref: str | None = None
     revision: str | None = None
@@ -89,25 +258,63 @@ class RunRecord:
     started_at: float = field(default_factory=time.time)
 
 
+@dataclass
+class Verdict:
+    """How a run ended: what ``finish_run`` writes, and the state transition with it."""
+    status: RunStatus
+    exit_code: int
+    message: str
+    hosts: list[HostResult] = field(default_factory=list)
+    tasks: list[TaskResult] = field(default_factory=list)
+    transition: Transition | None = None
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
+def _column(name: str, value):
+    return json.dumps(list(value)) if name == "drifted_hosts" else value
+
+
 class Store:
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            self._open()
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise StoreError(self._advice(exc)) from None
+
+    def _advice(self, exc: Exception) -> str:
+        if isinstance(exc, StoreError):
+            return str(exc)
+        text = getattr(exc, "strerror", None) or str(exc)
+        if self.path.is_dir():
+            text = "it is a directory"
+        return (f"run store {self.path}: cannot be used ({text}). It is never overwritten: "
+                f"move it aside (mv {self.path} {self.path}.broken) and the next run starts "
+                "a fresh store")
+
+    def _open(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"run store {self.path}: schema version {version} was written by "
+                             f"a newer gitops-ansible (this one knows up to {SCHEMA_VERSION}); "
+                             "upgrade, or move the file aside to start a fresh store")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
-        self._migrate()
+        if version < SCHEMA_VERSION:
+            self.db.executescript(SCHEMA)
+            self._migrate()
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _migrate(self) -> None:
         have: dict[str, set[str]] = {}
         for table, column, kind in MIGRATIONS:
-            if table not in have:  # one look per table on every open, not one per column
+            if table not in have:  # one look per table, not one per column
                 have[table] = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
             if column not in have[table]:
                 try:
@@ -120,54 +327,56 @@ class Store:
         self.db.close()
 
     # -- environments -------------------------------------------------------------
-    def env_state(self, env: str) -> dict:
+    def env_state(self, env: str) -> EnvState:
         row = self.db.execute("SELECT * FROM environments WHERE env = ?", (env,)).fetchone()
-        return dict(row) if row else {"env": env}
+        return EnvState.from_row(env, row)
 
-    def environments(self) -> list[dict]:
-        return [dict(r) for r in self.db.execute("SELECT * FROM environments ORDER BY env")]
+    def environments(self) -> list[EnvState]:
+        return [EnvState.from_row(r["env"], r)
+                for r in self.db.execute("SELECT * FROM environments ORDER BY env")]
 
-    def update_env(self, env: str, **values) -> None:
+    def apply(self, env: str, transition: Transition) -> EnvState:
+        """Write one transition on its own; return the state after it."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self._apply(env, transition)
+        return self.env_state(env)
+
+    def _apply(self, env: str, transition: Transition) -> None:
         self.db.execute("INSERT OR IGNORE INTO environments (env) VALUES (?)", (env,))
-        assignments = ", ".join(f"{key} = ?" for key in values)
+        names = sorted(transition.changes)
+        assignments = ", ".join(f"{name} = ?" for name in names)
         self.db.execute(f"UPDATE environments SET {assignments} WHERE env = ?",
-                        (*values.values(), env))
+                        (*(_column(n, transition.changes[n]) for n in names), env))
 
     # -- runs -----------------------------------------------------------------------
     def start_run(self, run: RunRecord, artifacts: str | None = None) -> None:
         self.db.execute(
             "INSERT INTO runs (id, env, mode, trigger, ref, revision, status, check_mode,"
             " started_at, pid, artifacts) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
-            (run.id, run.env, run.mode, run.trigger, run.ref, run.revision, int(run.check_mode),
-             run.started_at, os.getpid(), artifacts))
+            (run.id, run.env, str(run.mode), run.trigger, run.ref, run.revision,
+             int(run.check_mode), run.started_at, os.getpid(), artifacts))
         self.db.execute("INSERT OR IGNORE INTO environments (env) VALUES (?)", (run.env,))
 
-    def set_revision(self, run_id: str, revision: str) -> None:
-        self.db.execute("UPDATE runs SET revision = ? WHERE id = ?", (revision, run_id))
-
-    def finish_run(self, run: RunRecord, status: str, exit_code: int, message: str | None = None,
-                   hosts: list[HostResult] = (), tasks: list[TaskResult] = (),
-                   env_update: dict | None = None) -> None:
+    def finish_run(self, run: RunRecord, verdict: Verdict) -> None:
         """Complete a run and everything that depends on it in one transaction."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute(
                 "UPDATE runs SET status = ?, exit_code = ?, finished_at = ?, message = ?,"
                 " revision = ? WHERE id = ?",
-                (status, exit_code, time.time(), message, run.revision, run.id))
+                (str(verdict.status), int(verdict.exit_code), time.time(), verdict.message,
+                 run.revision, run.id))
             self.db.executemany(
                 "INSERT OR REPLACE INTO host_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(run.id, h.host, h.platform, h.outcome, h.ok, h.changed, h.failed,
-                  h.unreachable, h.skipped, h.message) for h in hosts])
+                  h.unreachable, h.skipped, h.message) for h in verdict.hosts])
             self.db.executemany(
                 "INSERT INTO task_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(run.id, seq, t.host, t.task, t.role, t.status, int(t.status == "changed"),
-                  t.duration, t.message) for seq, t in enumerate(tasks)])
-            if env_update:
-                self.db.execute("INSERT OR IGNORE INTO environments (env) VALUES (?)", (run.env,))
-                assignments = ", ".join(f"{key} = ?" for key in env_update)
-                self.db.execute(f"UPDATE environments SET {assignments} WHERE env = ?",
-                                (*env_update.values(), run.env))
+                  t.duration, t.message) for seq, t in enumerate(verdict.tasks)])
+            if verdict.transition:
+                self._apply(run.env, verdict.transition)
 
     def mark_interrupted(self, env: str) -> list[dict]:
         """Runs left ``running`` by a killed process. Call only while holding the env lock."""
@@ -175,9 +384,9 @@ class Store:
             "SELECT id, artifacts FROM runs WHERE env = ? AND status = 'running'", (env,))]
         for row in rows:
             self.db.execute(
-                "UPDATE runs SET status = 'interrupted', finished_at = ?, message = ?"
-                " WHERE id = ?",
-                (time.time(), "the process ended before the run completed", row["id"]))
+                "UPDATE runs SET status = ?, finished_at = ?, message = ? WHERE id = ?",
+                (str(RunStatus.INTERRUPTED), time.time(),
+                 "the process ended before the run completed", row["id"]))
         return rows
 
     def runs(self, env: str | None = None, limit: int = 20) -> list[dict]:
@@ -215,7 +424,3 @@ class Store:
 
     def forget_artifacts(self, run_id: str) -> None:
         self.db.execute("UPDATE runs SET artifacts = NULL WHERE id = ?", (run_id,))
-
-
-def dumps(value) -> str:
-    return json.dumps(value, sort_keys=True, default=str)

@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from gitops_ansible import inventory, plan
+from gitops_ansible.store import EnvState
 from tests.conftest import CASES, copy_base, make_settings
 
 VALIDATION = sorted((CASES / "validation").glob("*.yml"))
@@ -38,7 +39,8 @@ DECIDE = yaml.safe_load((CASES / "decide.yml").read_text())
 
 @pytest.mark.parametrize("case", DECIDE, ids=[c["name"] for c in DECIDE])
 def test_decide_case(case):
-    decision = plan.decide(case["state"], case["revision"], case.get("force", False),
+    decision = plan.decide(EnvState("dev", **case["state"]), case["revision"],
+                           case.get("force", False),
                            case.get("check", False))
     assert decision.converge is case["converge"]
     assert case["reason"] in decision.reason

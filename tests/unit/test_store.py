@@ -2,19 +2,22 @@
 import subprocess
 import sys
 
-from gitops_ansible.store import HostResult, RunRecord, Store, TaskResult
+from gitops_ansible.report import ExitCode
+from gitops_ansible.store import (HostResult, Mode, RunRecord, RunStatus, Store, TaskResult,
+                                  Transition, Verdict)
 
 
 def test_run_lifecycle_and_env_state(tmp_path):
     store = Store(tmp_path / "runs.db")
-    run = RunRecord(env="dev", mode="pull", trigger="schedule", revision="abc")
+    run = RunRecord(env="dev", mode=Mode.PULL, trigger="schedule", revision="abc")
     store.start_run(run)
     assert store.runs("dev")[0]["status"] == "running"
-    store.finish_run(run, "changed", 2, "1 of 1 hosts changed",
-                     [HostResult("web-1", "baremetal", ok=3, changed=1)],
-                     [TaskResult("web-1", "Write motd", "motd", "changed", 0.2)],
-                     {"applied_revision": "abc", "good_revision": "abc"})
-    assert store.env_state("dev")["applied_revision"] == "abc"
+    store.finish_run(run, Verdict(
+        RunStatus.CHANGED, ExitCode.CHANGED, "1 of 1 hosts changed",
+        [HostResult("web-1", "baremetal", ok=3, changed=1)],
+        [TaskResult("web-1", "Write motd", "motd", "changed", 0.2)],
+        Transition.applied("abc", run.id, run.started_at, good=True, fetched=True)))
+    assert store.env_state("dev").applied_revision == "abc"
     assert store.host_results(run.id)[0]["outcome"] == "changed"
     assert store.task_results(run.id)[0]["changed"] == 1
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -31,4 +34,4 @@ def test_killed_process_leaves_running_row_marked_interrupted(tmp_path):
     assert len(interrupted) == 1
     run = store.runs("dev")[0]
     assert run["status"] == "interrupted" and run["finished_at"]
-    assert store.env_state("dev").get("applied_revision") is None
+    assert store.env_state("dev").applied_revision is None
