@@ -3,6 +3,10 @@
 The generated command runs ``gitops-ansible run`` with ``--lock fail``: a timer that
 fires while the last cycle still works is skipped (exit 6), not queued. Exit codes 2
 (changed), 3 (nothing to do) and 6 (busy) count as success for systemd.
+
+Every value that goes into a unit or a crontab line is checked first (names against
+``names``, no control characters anywhere) and quoted: one flag can never add a line, a
+unit directive or a crontab entry, nor write a unit outside the output directory.
 """
 from __future__ import annotations
 
@@ -10,10 +14,14 @@ import re
 import shlex
 import shutil
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import names
+
 SUCCESS_CODES = "2 3 6"
+SYSTEMD_PLAIN = re.compile(r"[A-Za-z0-9_@+=:,./-]+")
 
 
 class ScheduleError(ValueError):
@@ -29,9 +37,34 @@ class Schedule:
     name: str | None = None
     user: str | None = None
 
+    def __post_init__(self):
+        with _refusal():
+            names.env_name(self.env, "--env")
+            if self.name is not None:
+                names.unit_name(self.name, "--name")
+            if self.user is not None:
+                names.user_name(self.user, "--user")
+        _count(self.interval_minutes, "--interval", 1)
+        _count(self.randomized_delay, "--randomized-delay", 0)
+
     @property
     def unit(self) -> str:
         return self.name or f"gitops-ansible-{self.env}"
+
+
+@contextmanager
+def _refusal():
+    """A bad name or path as a ScheduleError, the error install-* report."""
+    try:
+        yield
+    except (names.InvalidName, names.Outside) as exc:
+        raise ScheduleError(str(exc)) from None
+
+
+def _count(value, flag: str, least: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise ScheduleError(f"{flag} {value!r}: expected a whole number >= {least}")
+    return value
 
 
 def executable() -> str:
@@ -52,8 +85,35 @@ def run_command(env: str, repo: str | None, ref: str | None, config: str | None,
     return cmd + list(extra)
 
 
+def _one_line(value: str) -> str:
+    with _refusal():
+        return names.one_line(str(value), "value for a unit or crontab line")
+
+
+def _systemd_text(value: str) -> str:
+    """A plain setting such as Description=: systemd expands %-specifiers in it."""
+    return _one_line(value).replace("%", "%%")
+
+
+def _systemd_word(word: str) -> str:
+    """One ExecStart= word: bare when plain, else double-quoted. systemd unescapes \\ and
+    \" in it, expands %-specifiers before and $VARIABLES after splitting the line ("%%"
+    and "$$" are the literals), and takes a lone ; as the start of another command."""
+    text = _systemd_text(word)
+    if SYSTEMD_PLAIN.fullmatch(text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "$$") + '"'
+
+
 def _systemd_quote(command: list[str]) -> str:
-    return shlex.join(command).replace("%", "%%")
+    return " ".join(map(_systemd_word, command))
+
+
+def _cron_word(word: str) -> str:
+    """One shell word for a crontab command. Cron turns every unescaped % into a newline
+    (and what follows into the command's stdin) before the shell sees the line, and drops
+    the backslash of \\%: so % goes between the shell-quoted pieces as \\%."""
+    return "\\%".join(shlex.quote(piece) for piece in _one_line(word).split("%"))
 
 
 def service_unit(schedule: Schedule) -> str:
@@ -88,13 +148,20 @@ WantedBy=timers.target
 """
 
 
-def write_systemd(schedule: Schedule, directory: Path) -> list[Path]:
+def write_units(directory: Path, units: dict[str, str]) -> list[Path]:
+    """Write {file name: text} into ``directory``, refusing a file that resolves outside
+    it (a symlink left there): every text is built before the first file is written."""
     directory.mkdir(parents=True, exist_ok=True)
-    service = directory / f"{schedule.unit}.service"
-    timer = directory / f"{schedule.unit}.timer"
-    service.write_text(service_unit(schedule))
-    timer.write_text(timer_unit(schedule))
-    return [service, timer]
+    with _refusal():
+        paths = {names.inside(directory / name, directory): text for name, text in units.items()}
+    for path, text in paths.items():
+        path.write_text(text)
+    return list(paths)
+
+
+def write_systemd(schedule: Schedule, directory: Path) -> list[Path]:
+    return write_units(directory, {f"{schedule.unit}.service": service_unit(schedule),
+                                   f"{schedule.unit}.timer": timer_unit(schedule)})
 
 
 def cron_line(schedule: Schedule, log_file: str | None = None) -> str:
@@ -109,7 +176,7 @@ def cron_line(schedule: Schedule, log_file: str | None = None) -> str:
     command = schedule.command + (["--splay", str(schedule.randomized_delay)]
                                   if schedule.randomized_delay else [])
     log = log_file or f"/var/log/{schedule.unit}.log"
-    return f"{when} {shlex.join(command)} >>{shlex.quote(log)} 2>&1"
+    return f"{when} {' '.join(map(_cron_word, command))} >>{_cron_word(log)} 2>&1"
 
 
 def parse_interval(text: str) -> int:
@@ -124,11 +191,15 @@ def parse_interval(text: str) -> int:
 def agent_unit(name: str, config: str, user: str | None = None) -> str:
     """The agent as a service: restarted on failure; SIGTERM lets the running cycle finish
     within the config's grace (TimeoutStopSec leaves room for it); reload sends SIGHUP."""
+    with _refusal():
+        names.unit_name(name, "--name")
+        if user is not None:
+            names.user_name(user, "--user")
     command = _systemd_quote([executable(), "agent", "--config", config])
     account = (f"User={user}\nGroup={user}\n" if user else
                "# Run it as a dedicated user: see the README (User=gitops-ansible)\n")
     return f"""[Unit]
-Description=gitops-ansible agent ({config})
+Description=gitops-ansible agent ({_systemd_text(config)})
 Wants=network-online.target
 After=network-online.target
 
@@ -151,10 +222,19 @@ WantedBy=multi-user.target
 
 
 def write_agent_unit(directory: Path, name: str, config: str, user: str | None = None) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}.service"
-    path.write_text(agent_unit(name, config, user))
-    return path
+    return write_units(directory, {f"{name}.service": agent_unit(name, config, user)})[0]
+
+
+def check_agent_config(path: str) -> str:
+    """The agent file as an absolute path, once it loads as the agent would load it: a unit
+    whose agent refuses its file would only fail and restart, every 10 s."""
+    from .config import ConfigError, load_agent
+
+    try:
+        load_agent(path)
+    except ConfigError as exc:
+        raise ScheduleError(f"--config {path}: the agent cannot start with it: {exc}") from None
+    return str(Path(path).resolve())
 
 # -- maintenance windows (the agent) --------------------------------------------------
 CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12),

@@ -9,6 +9,9 @@ Layout under the work directory, per environment::
 ``resolve`` is the cheap question asked on every cycle (``git ls-remote``, no heavy
 imports); ``materialise`` runs only when there is work. A failed fetch leaves
 ``current`` as it was.
+
+Git may only use the transports in ``TRANSPORTS``, whatever the user's git config allows:
+``ext::`` and other remote helpers run commands, plain http sends the token in the clear.
 """
 from __future__ import annotations
 
@@ -20,11 +23,46 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from . import names
+
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+TRANSPORTS = ("file", "git", "ssh", "https")
+REPO_EXPECTED = ("a file://, git://, ssh:// or https:// URL, user@host:path (SSH) or a "
+                 "local path")
+# How git itself tells the transport of a URL (transport.c, connect.c): NAME::ADDRESS is a
+# remote helper, NAME://... a scheme; else a colon before any slash makes it scp-like SSH.
+HELPER_OR_SCHEME_RE = re.compile(r"([A-Za-z0-9][A-Za-z0-9+.-]*)(::|://)")
+SSH_SCHEMES = {"git+ssh": "ssh", "ssh+git": "ssh"}
 
 
 class SourceError(Exception):
     """Git could not be reached or the ref does not exist."""
+
+
+class RefusedRepo(SourceError):
+    """A repository URL whose transport is not allowed; ``expected`` says what is."""
+
+    expected = REPO_EXPECTED
+
+
+def transport(url: str) -> str:
+    """The transport git would use for ``url`` (its name in GIT_ALLOW_PROTOCOL)."""
+    match = HELPER_OR_SCHEME_RE.match(url)
+    if match:
+        return SSH_SCHEMES.get(match.group(1), match.group(1))
+    colon, slash = url.find(":"), url.find("/")
+    return "file" if colon < 0 or 0 <= slash < colon else "ssh"
+
+
+def check_repo(url) -> str:
+    """``url`` if git would reach it over an allowed transport; else ``RefusedRepo``."""
+    if not isinstance(url, str) or not url.strip():
+        raise RefusedRepo(f"repo {url!r}: expected {REPO_EXPECTED}")
+    name = transport(url)
+    if name not in TRANSPORTS:
+        raise RefusedRepo(f"repo {names.shown(redact_url(url))}: transport '{name}' is not "
+                          f"allowed: expected {REPO_EXPECTED}")
+    return url
 
 
 def redact_url(text: str) -> str:
@@ -34,8 +72,10 @@ def redact_url(text: str) -> str:
 
 
 def git_env(settings) -> dict:
-    """Environment for git: SSH key and known_hosts, HTTPS token (never on the command line)."""
-    env = dict(os.environ, GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="true", LC_ALL="C")
+    """Environment for git: SSH key and known_hosts, HTTPS token (never on the command line),
+    the allowed transports (GIT_ALLOW_PROTOCOL overrides any protocol.*.allow config)."""
+    env = dict(os.environ, GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="true", LC_ALL="C",
+               GIT_ALLOW_PROTOCOL=":".join(TRANSPORTS))
     ssh = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
     if settings.ssh_key:
         ssh += ["-i", str(Path(settings.ssh_key).expanduser()), "-o", "IdentitiesOnly=yes"]
@@ -67,6 +107,7 @@ def _git(args: list[str], settings, cwd: Path | None = None) -> str:
 def resolve(settings) -> str:
     """The commit that ``settings.ref`` names on the remote, without fetching objects."""
     ref = settings.ref
+    check_repo(settings.repo)
     if SHA_RE.match(ref):
         return ref
     output = _git(["ls-remote", "--", settings.repo, ref, f"{ref}^{{}}"], settings)
@@ -83,7 +124,12 @@ def resolve(settings) -> str:
 
 
 def env_dir(settings) -> Path:
-    return settings.work_path / settings.env
+    """ENV under the work directory; a name that is not an environment name never becomes
+    a path (settings check it first: this is the last line)."""
+    try:
+        return settings.work_path / names.env_name(settings.env)
+    except names.InvalidName as exc:
+        raise SourceError(str(exc)) from None
 
 
 def checkout_path(settings, revision: str) -> Path:
@@ -103,6 +149,7 @@ def fetch(settings, revision: str) -> str:
     """Fetch the ref into the mirror; return the fetched commit (normally ``revision``)."""
     import git  # GitPython: only on the path where there is work to do
 
+    check_repo(settings.repo)
     mirror = env_dir(settings) / "mirror.git"
     if not (mirror / "HEAD").exists():
         mirror.parent.mkdir(parents=True, exist_ok=True)
@@ -179,7 +226,9 @@ def prune_checkouts(settings, keep: int, protect: set[str]) -> None:
 def local_revision(path: Path) -> str:
     """Revision of a local checkout (push mode); ``+dirty`` when it has local changes."""
     def git(*args):
-        return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True)
+        # GIT_OPTIONAL_LOCKS=0: status does not refresh (write) the index of the user's checkout
+        return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True,
+                              env=dict(os.environ, GIT_OPTIONAL_LOCKS="0"))
 
     head = git("rev-parse", "HEAD")
     if head.returncode != 0:
