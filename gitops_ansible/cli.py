@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     subs["sync"].add_argument("--agent", metavar="URL", help="the agent's address (default: "
                               "from the config file's [agent] listen, else 127.0.0.1:9420)")
     for name in ("suspend", "resume"):
-        subs[name].add_argument("env", help="environment")
+        subs[name].add_argument("env", type=_env_arg, help="environment")
     subs["suspend"].add_argument("--reason", required=True, help="shown by status and the API")
     subs["events"].add_argument("run_id", help="the run (see history)")
     service = subs["install-service"]
@@ -344,6 +344,14 @@ def cmd_sync(args) -> int:
         return ExitCode.ERROR
     print("cycle requested: " + ", ".join(answer["triggered"]))
     return ExitCode.OK
+
+
+def _env_arg(text: str) -> str:
+    from .names import InvalidName, env_name
+    try:
+        return env_name(text)
+    except InvalidName as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_suspend(args, settings) -> int:

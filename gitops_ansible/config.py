@@ -7,6 +7,7 @@ environment variable or the flag), the key, and what is allowed.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -15,6 +16,7 @@ ENV_PREFIX = "GITOPS_ANSIBLE_"
 # Environment variables with the prefix that are not settings.
 ENV_SPECIAL = {"GITOPS_ANSIBLE_CONFIG", "GITOPS_ANSIBLE_GIT_TOKEN"}
 DEFAULT_CONFIG = Path("/etc/gitops-ansible/config.toml")
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")
 
 
 class ConfigError(Exception):
@@ -29,18 +31,20 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class Option:
     name: str
-    kind: str  # str | int | bool | path | choice
+    kind: str  # str | int | bool | path | choice | duration | env
     default: object
     help: str
     choices: tuple = ()
-    minimum: int = 0  # kind int
+    minimum: int = 0  # int: the smallest value; duration: 1 means more than 0
 
     def describe(self) -> str:
         if self.kind == "choice":
             return "one of " + ", ".join(self.choices)
         return {"int": f"an integer >= {self.minimum}", "bool": "true or false",
-                "path": "a file system path", "str": "a string",
-                "duration": "a duration such as 30s, 5m, 2h or seconds as a number"}[self.kind]
+                "path": "a file system path", "str": "a string", "env": "an environment name",
+                "duration": "a duration such as 30s, 5m, 2h or seconds as a number"
+                + (" (more than 0)" if self.minimum else ""),
+                "listen": "HOST:PORT with a port from 1 to 65535"}[self.kind]
 
     def convert(self, value, source: str):
         """Value from TOML, environment (str) or flags, checked and converted."""
@@ -62,12 +66,24 @@ class Option:
         elif self.kind == "choice":
             if value in self.choices:
                 return value
+        elif self.kind == "env":
+            from .names import ENV_EXPECTED, InvalidName, env_name
+            try:
+                return env_name(value)
+            except InvalidName:
+                raise ConfigError(source, self.name, ENV_EXPECTED, value) from None
         elif self.kind == "duration":
             from .schedule import ScheduleError, parse_duration
             try:
-                return parse_duration(value)
+                seconds = parse_duration(value)
             except ScheduleError:
-                pass
+                seconds = None
+            if seconds is not None and (seconds > 0 or not self.minimum):
+                return seconds
+        elif self.kind == "listen":
+            host, _, port = str(value).rpartition(":")
+            if host and port.isdigit() and 0 < int(port) < 65536 and not _CONTROL.search(host):
+                return value
         elif isinstance(value, str) and (value or self.kind == "str"):
             return value
         raise ConfigError(source, self.name, self.describe(), value)
@@ -91,7 +107,7 @@ class Settings:
     """The settings of one cycle; ``sources`` says where each value came from."""
     repo: str | None = setting("str", None, "Git URL to pull from: file://, git://, ssh://, https:// (or a local path)")
     ref: str = setting("str", "HEAD", "branch, tag or commit to converge (HEAD: the remote's default branch)")
-    env: str | None = setting("str", None, "environment: a directory under the inventory root")
+    env: str | None = setting("env", None, "environment: a directory under the inventory root")
     path: str = setting("path", ".", "push/plan: the local checkout to converge")
     state_dir: str | None = setting("path", None, "run store, locks and artifacts")
     workdir: str | None = setting("path", None, "Git mirror and checkouts (default: STATE_DIR/work)")
@@ -233,7 +249,7 @@ def load(flags: dict | None = None, config_path: str | None = None, environ=None
 
 # -- the agent's file: shared settings, [agent], [[sources]], [[notify]] ----------------
 AGENT_SCHEMA = {o.name: o for o in [
-    Option("listen", "str", "127.0.0.1:9420", "HOST:PORT of the HTTP endpoint (health, metrics, "
+    Option("listen", "listen", "127.0.0.1:9420", "HOST:PORT of the HTTP endpoint (health, metrics, "
                                               "status API, webhooks, sync)"),
     Option("grace", "duration", 300.0, "SIGTERM: how long the running cycle may go on before it "
                                        "is cancelled"),
@@ -246,15 +262,15 @@ AGENT_SCHEMA = {o.name: o for o in [
 ]}
 SOURCE_SCHEMA = {o.name: o for o in [
     Option("name", "str", None, "name of the source in logs and the API (default: its env)"),
-    Option("interval", "duration", 120.0, "time between pull cycles"),
+    Option("interval", "duration", 120.0, "time between pull cycles (more than 0)", minimum=1),
     Option("jitter", "duration", 10.0, "random 0..N added to every interval"),
     Option("drift_interval", "duration", 3600.0, "time between drift checks of the applied "
                                                  "revision (0: never)"),
     Option("drift", "choice", "report", "when a drift check finds changes: report them, or heal "
                                         "(converge the applied revision again)",
            ("report", "heal")),
-    Option("retry_base", "duration", 15.0, "first retry delay after a failed cycle; doubles on "
-                                           "every further failure"),
+    Option("retry_base", "duration", 15.0, "first retry delay after a failed cycle (more than 0); "
+                                           "doubles on every further failure", minimum=1),
     Option("retry_max", "duration", 600.0, "longest retry delay"),
 ]}
 NOTIFY_KINDS = ("webhook", "slack")
@@ -399,7 +415,9 @@ def load_agent(path: str, flags: dict | None = None, environ=None) -> AgentConfi
                 raise ConfigError(f"{path}: sources[{index}]", key,
                                   f"a unique value ({value!r} is used by {seen[(key, value)]})")
             seen[(key, value)] = f"sources[{index}]"
-    notify = [_notify(str(path), i, raw) for i, raw in enumerate(raw_notify)] \
-        if isinstance(raw_notify, list) else []
+    if not isinstance(raw_notify, list):
+        raise ConfigError(str(path), "notify", "a list of tables ([[notify]] with kind, url or "
+                                               "url_file, events)", raw_notify)
+    notify = [_notify(str(path), i, raw) for i, raw in enumerate(raw_notify)]
     return AgentConfig(str(path), agent, sources, notify, json=sources[0].settings.json,
                        state_dir=sources[0].settings.state_path)
