@@ -5,6 +5,7 @@ import argparse
 import errno
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -179,6 +180,9 @@ def fail(message: str, code: ExitCode) -> int:
 def cmd_cycle(args, settings) -> int:
     from .reconcile import cycle
 
+    if args.command == "plan" and "path" in vars(args) and "repo" in vars(args):
+        return fail("plan: --path and --repo exclude each other: plan a local checkout "
+                    "(--path) or a revision of the repository (--repo)", ExitCode.REFUSED)
     mode = {"run": Mode.PULL, "push": Mode.PUSH, "plan": Mode.PLAN}[args.command]
     cancel = threading.Event()
 
@@ -330,6 +334,9 @@ def cmd_sync(args) -> int:
         if Path(path).is_file():
             listen = config_mod.load_agent(path).agent["listen"]
         url = "http://" + listen.replace("0.0.0.0", "127.0.0.1")
+    if not re.fullmatch(r"https?://[^\s/]+/?", url):
+        return fail(f"sync: --agent {url!r}: expected the agent's address as "
+                    "http://HOST:PORT", ExitCode.REFUSED)
     request = urllib.request.Request(f"{url.rstrip('/')}/api/v1/sync/{args.name}", method="POST",
                                      data=b"")
     try:
