@@ -170,6 +170,24 @@ def main(argv=None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         return fail(f"{where}{exc.strerror or exc}",
                     ExitCode.REFUSED if exc.errno in REFUSED_ERRNOS else ExitCode.ERROR)
+    except Exception as exc:  # a bug: one line for the user, the traceback in a file
+        return fail(f"internal error: {type(exc).__name__}: {exc}{_save_traceback(args)}",
+                    ExitCode.ERROR)
+
+
+def _save_traceback(args) -> str:
+    """Write the traceback under the state directory's logs/; say where (or nothing)."""
+    import traceback
+
+    state = config_mod.Settings(state_dir=getattr(args, "state_dir", None)).state_path
+    path = state / "logs" / time.strftime(f"{args.command}-%Y%m%dT%H%M%SZ.traceback",
+                                          time.gmtime())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(traceback.format_exc())
+    except OSError:
+        return ""
+    return f" (details in {path})"
 
 
 def fail(message: str, code: ExitCode) -> int:
