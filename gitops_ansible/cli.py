@@ -414,10 +414,10 @@ def cmd_events(args, settings) -> int:
 def cmd_install_service(args) -> int:
     from . import schedule
 
-    config = str(Path(_agent_config_path(args)).resolve())
     try:
+        config = schedule.check_agent_config(_agent_config_path(args))
         path = schedule.write_agent_unit(Path(args.output_dir), args.name, config, args.user)
-    except OSError as exc:
+    except (schedule.ScheduleError, OSError) as exc:
         print(f"gitops-ansible: install-service: {exc}", file=sys.stderr)
         return ExitCode.REFUSED
     print(f"wrote {path}")

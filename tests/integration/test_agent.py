@@ -431,7 +431,7 @@ def test_soak_300_cycles_memory_stays_flat(agents, estate, git_servers, cli, tmp
 
 def test_install_service_unit(tmp_path):
     config = tmp_path / "agent.toml"
-    config.write_text("")
+    config.write_text('[[sources]]\nrepo = "file:///srv/estate.git"\nenv = "prod"\n')
     done = subprocess.run([sys.executable, "-m", "gitops_ansible", "install-service", "--systemd",
                            "--config", str(config), "--user", "gitops",
                            "--output-dir", str(tmp_path)], capture_output=True, text=True)
