@@ -16,6 +16,7 @@ import random
 import sys
 import threading
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,28 +129,30 @@ def cycle(settings, mode: Mode | str, reporter: Reporter | None = None,
         reporter.log(message, "error")
         return Result(ExitCode.BUSY, RunStatus.BUSY, message)
     try:
-        store = Store(settings.state_path / "runs.db")
-    except BaseException:
-        lock.release()
-        raise
-    try:
-        for row in store.mark_interrupted(settings.env):
-            _finish_off(store, row, reporter)
-        suspended = store.env_state(settings.env).suspended_reason
-        if suspended and mode is Mode.PULL:
-            message = f"{settings.env}: suspended ({suspended}); no changing run until resumed"
-            reporter.bind(env=settings.env)
-            reporter.log(message, "warning")
-            return Result(ExitCode.NOTHING, RunStatus.SUSPENDED, message)
-        if suspended and mode is Mode.PUSH:
-            reporter.log(f"{settings.env} is suspended ({suspended}); push converges anyway",
-                         "warning")
-        job = Cycle(settings, mode, store, reporter, trigger or default_trigger(mode),
-                    cancel or threading.Event(), on_start)
-        return job.run()
+        with closing(Store(settings.state_path / "runs.db")) as store:
+            return _locked(settings, mode, store, reporter, trigger, cancel, on_start)
     finally:
-        store.close()
         lock.release()
+
+
+def _locked(settings, mode: Mode, store: Store, reporter: Reporter, trigger, cancel,
+            on_start) -> Result:
+    """The cycle, once it holds the environment's lock: finish off runs a killed process
+    left, honour a suspension, run the steps."""
+    for row in store.mark_interrupted(settings.env):
+        _finish_off(store, row, reporter)
+    suspended = store.env_state(settings.env).suspended_reason
+    if suspended and mode is Mode.PULL:
+        message = f"{settings.env}: suspended ({suspended}); no changing run until resumed"
+        reporter.bind(env=settings.env)
+        reporter.log(message, "warning")
+        return Result(ExitCode.NOTHING, RunStatus.SUSPENDED, message)
+    if suspended and mode is Mode.PUSH:
+        reporter.log(f"{settings.env} is suspended ({suspended}); push converges anyway",
+                     "warning")
+    job = Cycle(settings, mode, store, reporter, trigger or default_trigger(mode),
+                cancel or threading.Event(), on_start)
+    return job.run()
 
 
 def _finish_off(store: Store, row: dict, reporter: Reporter) -> None:
