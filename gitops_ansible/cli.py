@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -196,24 +195,28 @@ def fail(message: str, code: ExitCode) -> int:
 
 
 def cmd_cycle(args, settings) -> int:
-    from .reconcile import cycle
+    from .reconcile import Cancel, Cancelled, cycle
 
     if args.command == "plan" and "path" in vars(args) and "repo" in vars(args):
         return fail("plan: --path and --repo exclude each other: plan a local checkout "
                     "(--path) or a revision of the repository (--repo)", ExitCode.REFUSED)
     mode = {"run": Mode.PULL, "push": Mode.PUSH, "plan": Mode.PLAN}[args.command]
-    cancel = threading.Event()
+    cancel = Cancel()
 
     def stop(signum, _frame):
         print(f"gitops-ansible: {signal.Signals(signum).name}: cancelling the run",
               file=sys.stderr)
-        cancel.set()
         signal.signal(signum, signal.SIG_DFL)
+        cancel.request()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
     reporter = ConsoleReporter(settings.json, show_diff=settings.diff or mode is Mode.PLAN)
-    result = cycle(settings, mode, reporter, cancel=cancel)
+    try:
+        result = cycle(settings, mode, reporter, cancel=cancel)
+    except Cancelled:
+        return fail("cancelled by a signal before the run started; nothing was changed",
+                    ExitCode.ERROR)
     if settings.json:
         reporter.emit("cycle_result", **result.as_dict())
     return int(result.exit_code)

@@ -54,6 +54,33 @@ class Stop(Exception):
         self.message = message  # the result's message, when it differs from the record's
 
 
+class Cancelled(Exception):
+    """A signal stopped the cycle before Ansible ran."""
+
+
+class Cancel(threading.Event):
+    """Asks a cycle to stop. ``request()`` (from a signal handler) sets it; while the cycle
+    waits for its lock, fetches or validates (``interruptible``), it also raises
+    ``Cancelled`` there and then, so that a slow step stops at once. Once Ansible runs,
+    ansible-runner stops it and the run is recorded as cancelled."""
+
+    def __init__(self):
+        super().__init__()
+        self.interruptible = False
+
+    def request(self) -> None:
+        self.set()
+        if self.interruptible:
+            raise Cancelled()
+
+
+def _interruptible(cancel, flag: bool) -> None:
+    if isinstance(cancel, Cancel):
+        cancel.interruptible = flag
+        if flag and cancel.is_set():
+            raise Cancelled()
+
+
 class Lock:
     """An exclusive flock on a file; the holder writes its pid and run into it."""
 
@@ -113,6 +140,15 @@ def cycle(settings, mode: Mode | str, reporter: Reporter | None = None,
     """
     mode = Mode(mode)
     reporter = reporter or Reporter()
+    cancel = cancel or threading.Event()
+    try:
+        _interruptible(cancel, True)
+        return _cycle(settings, mode, reporter, trigger, cancel, on_start)
+    finally:
+        _interruptible(cancel, False)
+
+
+def _cycle(settings, mode: Mode, reporter: Reporter, trigger, cancel, on_start) -> Result:
     settings.require("env")
     if mode is Mode.PULL:
         settings.require("repo")
@@ -150,8 +186,8 @@ def _locked(settings, mode: Mode, store: Store, reporter: Reporter, trigger, can
     if suspended and mode is Mode.PUSH:
         reporter.log(f"{settings.env} is suspended ({suspended}); push converges anyway",
                      "warning")
-    job = Cycle(settings, mode, store, reporter, trigger or default_trigger(mode),
-                cancel or threading.Event(), on_start)
+    job = Cycle(settings, mode, store, reporter, trigger or default_trigger(mode), cancel,
+                on_start)
     return job.run()
 
 
@@ -195,6 +231,9 @@ class Cycle:
             verdict = self._steps()
         except Stop as early:
             stop, verdict = early, early.verdict
+        except Cancelled:
+            verdict = Verdict(RunStatus.CANCELLED, ExitCode.ERROR, "cancelled by a signal "
+                              "before Ansible ran; nothing was changed")
         except Exception as exc:  # a bug: recorded as such, never left `running`
             verdict = self._internal_error(exc)
         return self._finish(verdict, stop)
@@ -311,6 +350,7 @@ class Cycle:
         outcome = None
         if not the_plan.excluded or set(the_plan.excluded) < set(the_plan.hosts):
             from .execute import execute
+            _interruptible(self.cancel, False)  # from here on, ansible-runner stops it
             outcome = execute(the_plan, self.run_record.id, self._artifacts(), self.redactor,
                               self.reporter, self.cancel)
         self.converged = True

@@ -245,3 +245,39 @@ def test_timeout_and_sigterm_cancel_the_run_cleanly(cli, estate, git_servers, tm
     assert not orphans(run_id)
     state = json.loads(cli("status", "--json").stdout)[0]
     assert state.get("applied_revision") is None  # a cancelled run applies nothing
+
+
+def test_sigterm_stops_a_waiting_or_validating_cycle_before_ansible(cli, estate, git_servers,
+                                                                     tmp_path):
+    """SIGTERM while a cycle waits for the lock, or while it validates a large commit,
+    ends it there: exit 1, recorded as cancelled (when a run had started), no target
+    touched."""
+    url = git_servers.url(estate.name, "file")
+    holder = cli.popen("run", "--repo", url, "--env", "dev")  # converges, holds the lock
+    while not (estate.out / "alpha.txt").exists() and holder.poll() is None:
+        time.sleep(0.1)
+    estate.write("inventories/dev/group_vars/all.yml", "---\ngreet_sleep: 5\n")
+    estate.commit("slow converge")
+    slow = cli.popen("run", "--repo", url, "--env", "dev", "--force")
+    time.sleep(1.0)
+    waiter = cli.popen("run", "--repo", url, "--env", "dev", "--force")
+    time.sleep(1.5)
+    waiter.send_signal(signal.SIGTERM)
+    assert waiter.wait(10) == 1
+    assert "before the run started; nothing was changed" in waiter.stderr.read()
+    assert holder.wait(120) in (0, 2) and slow.wait(120) in (0, 2)
+
+    rows = "\n".join(f"  key_{n}: {'x' * 200}" for n in range(200_000))
+    estate.write("inventories/dev/group_vars/all.yml", f"---\nbig:\n{rows}\n")
+    estate.commit("a 40 MB vars file")
+    (estate.out / "alpha.txt").unlink()
+    proc = cli.popen("run", "--repo", url, "--env", "dev", "--json")
+    for line in proc.stdout:  # the fetch is done, validation starts
+        if '"converging' in line or "converging " in line:
+            break
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 1
+    last = runs(tmp_path / "state")[-1]
+    assert last["status"] == "cancelled" and "before Ansible ran" in last["message"]
+    assert not (estate.out / "alpha.txt").exists()
