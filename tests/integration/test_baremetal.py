@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, events
 from tests.lab.gitserver import WorkTree
 
 pytestmark = [pytest.mark.baremetal, pytest.mark.e2e]
@@ -257,3 +257,63 @@ def test_secrets_never_reach_store_logs_or_artifacts(cli, estate, host_lab, tmp_
     assert leaked == []
     artifacts = list((cli.state_dir / "artifacts").rglob("job_events/*.json"))
     assert artifacts, "artifacts are kept, and were searched"
+
+
+def crons(lab) -> dict:
+    """{host: "PID command line"} of the host's cron daemon."""
+    return {name: lab.exec(name, ["pgrep", "-a", "-x", "cron"]).stdout.strip()
+            for name in lab.hosts}
+
+
+def item_results(cli, done, task: str) -> dict:
+    """{host: [items]} of a loop task in the run of `run --json`, from the run's artifacts."""
+    run_id = next(e["run_id"] for e in events(done) if e["event"] == "cycle_result")
+    path = Path(json.loads(cli("history", run_id, "--json", check_code=0).stdout)["artifacts"])
+    items: dict = {}
+    for event in (json.loads(p.read_text()) for p in path.rglob("job_events/*.json")):
+        data = event.get("event_data") or {}
+        if event.get("event") == "runner_item_on_ok" and data.get("task") == task:
+            items.setdefault(data["host"], []).append(data["res"]["item"])
+    return items
+
+
+def test_a_changed_file_restarts_the_service_that_reads_it_once(cli, estate, host_lab):
+    """The demo binds /etc/default/cron (read only when cron starts) to cron."""
+    run(cli, estate, code=2)
+    started = crons(host_lab)
+    assert all(line.endswith(" /usr/sbin/cron -L 5") for line in started.values()), started
+
+    motd = estate.path / "roles/host_files/templates/motd.j2"
+    motd.write_text(motd.read_text() + "# revision 2\n")
+    estate.commit("motd: a file that no service reads")
+    done = run(cli, estate, "--json", code=2)
+    changed = {(e["host"], e["task"]) for e in events(done)
+               if e["event"] == "task_result" and e["status"] == "changed"}
+    assert changed == {(h, "Render templates") for h in host_lab.hosts}
+    assert crons(host_lab) == started
+
+    # One commit changes cron's options and, on the web hosts, a second file bound to cron.
+    group_vars = estate.path / "inventories/lab/group_vars"
+    baremetal, web = (yaml.safe_load((group_vars / name).read_text())
+                      for name in ("baremetal.yml", "web/main.yml"))
+    baremetal["cron_extra_opts"] = "-L 15"
+    web["app_workers"] = 3
+    next(t for t in web["host_files_templates"] if t["src"] == "app.conf.j2")["restart"] = "cron"
+    (group_vars / "baremetal.yml").write_text(yaml.safe_dump(baremetal, sort_keys=False))
+    (group_vars / "web/main.yml").write_text(yaml.safe_dump(web, sort_keys=False))
+    estate.commit("cron logs more; app.conf is read by cron too")
+
+    plan = cli("plan", "--repo", estate.url, "--env", "lab", *VAULT, "--json", check_code=2)
+    reports = {e["host"]: e["message"] for e in events(plan) if e["event"] == "task_result"
+               and e["task"].startswith("Report the services that would be restarted")}
+    assert reports == {h: "cron would be restarted" for h in host_lab.hosts}
+    assert crons(host_lab) == started
+
+    done = run(cli, estate, "--json", code=2)
+    restarted = crons(host_lab)
+    for name in host_lab.hosts:
+        assert restarted[name].endswith(" /usr/sbin/cron -L 15"), restarted
+        assert restarted[name].split()[0] != started[name].split()[0]
+    assert item_results(cli, done, "Restart or reload the services whose files changed") == {
+        h: [["cron", "restarted"]] for h in host_lab.hosts}
+    assert "workers = 3" in host_file(host_lab, "web-1", "/etc/demo-app/app.conf").read_text()
