@@ -120,7 +120,8 @@ def resolve(settings) -> str:
             return refs[name]
     if len(refs) == 1:
         return next(iter(refs.values()))
-    raise SourceError(f"ref '{ref}' not found in {redact_url(settings.repo)}")
+    # repr: a newline in the ref cannot forge a line of the log
+    raise SourceError(f"ref {names.shown(ref)} not found in {redact_url(settings.repo)}")
 
 
 def env_dir(settings) -> Path:
