@@ -22,7 +22,7 @@ The library prints nothing and reads no environment variable or system file unle
 from .config import AgentConfig, ConfigError, Settings, load as load_settings, load_agent
 from .reconcile import Result, cycle
 from .report import ConsoleReporter, ExitCode, Reporter
-from .status import EnvStatus, history, resume, run_detail, status, suspend
+from .records import EnvStatus, history, resume, run_detail, status, suspend
 from .store import EnvState, Mode, RunStatus, StoreError
 
 __version__ = "0.1.0"

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from . import __version__
 from . import config as config_mod
-from . import status as status_mod
+from . import records
 from .report import ConsoleReporter, ExitCode, table
-from .status import short, when
+from .records import short, when
 from .store import Mode, StoreError
 
 CYCLE_FLAGS = ["env", "state_dir", "playbook", "inventory_dir", "vault_password_file", "check",
@@ -256,7 +256,7 @@ def cmd_check_hosts(args, settings) -> int:
 
 
 def cmd_status(args, settings) -> int:
-    envs = status_mod.status(settings.state_path, settings.env)
+    envs = records.status(settings.state_path, settings.env)
     if settings.json:
         print(json.dumps([e.as_dict() for e in envs], indent=2, default=str))
         return ExitCode.OK
@@ -278,7 +278,7 @@ def cmd_status(args, settings) -> int:
 def cmd_history(args, settings) -> int:
     if args.run_id:
         return _show_run(settings, args.run_id)
-    runs = status_mod.history(settings.state_path, settings.env, args.count)
+    runs = records.history(settings.state_path, settings.env, args.count)
     if settings.json:
         print(json.dumps(runs, indent=2, default=str))
         return ExitCode.OK
@@ -296,7 +296,7 @@ def cmd_history(args, settings) -> int:
 
 
 def _run_or_fail(settings, run_id: str) -> dict | None:
-    run = status_mod.run_detail(settings.state_path, run_id)
+    run = records.run_detail(settings.state_path, run_id)
     if run is None:
         print(f"gitops-ansible: no run {run_id}", file=sys.stderr)
     return run
@@ -383,13 +383,13 @@ def _env_arg(text: str) -> str:
 
 
 def cmd_suspend(args, settings) -> int:
-    status_mod.suspend(settings.state_path, args.env, args.reason)
+    records.suspend(settings.state_path, args.env, args.reason)
     print(f"{args.env}: suspended: {args.reason}")
     return ExitCode.OK
 
 
 def cmd_resume(args, settings) -> int:
-    reason = status_mod.resume(settings.state_path, args.env)
+    reason = records.resume(settings.state_path, args.env)
     print(f"{args.env}: resumed" + (f" (was suspended: {reason})" if reason else
                                     " (it was not suspended)"))
     return ExitCode.OK
