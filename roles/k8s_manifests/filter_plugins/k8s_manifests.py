@@ -154,7 +154,7 @@ def definitions(objects):
     return [o["definition"] for o in objects]
 
 
-def split_ready(objects, namespaces, served_only=True):
+def split_ready(objects, namespaces):
     """Objects the server can dry-run now: their namespace exists and their kind is served."""
     existing = set(namespaces or [])
     return [o for o in objects if (not o["namespace"] or o["namespace"] in existing)

@@ -1,5 +1,5 @@
 #!/usr/bin/python
-"""List the libvirt domains that gitops-ansible defined (see docs/vm-platform.md)."""
+"""List the libvirt domains that gitops-ansible defined (see docs/vm.md)."""
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
