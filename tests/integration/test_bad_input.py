@@ -51,8 +51,6 @@ from tests.conftest import CASES, copy_base, require
 CASE_FILES = sorted((CASES / "bad_input").glob("*.yml"))
 WRITABLE = ("state", "out", "home")
 GIT_USER = ["-c", "user.name=corpus", "-c", "user.email=corpus@example.com"]
-
-
 KEYS = {"description", "argv", "exit", "expect", "repo", "files", "environment", "no_stdout",
         "absent", "unchanged", "written", "pending", "timeout"}
 
@@ -115,6 +113,23 @@ def write_tree(base: Path, tree: dict, place: Place) -> None:
             target.write_text(place.fill(content))
 
 
+# a playbook outside the checkout: if it is ever imported, it converges the canary
+EVIL_PLAYBOOK = """---
+- name: From outside the checkout
+  hosts: all
+  connection: local
+  gather_facts: false
+  vars:
+    ansible_python_interpreter: "{{ ansible_playbook_python }}"
+  tasks:
+    - name: Leave a mark
+      ansible.builtin.copy:
+        dest: "{canary}/{{ inventory_hostname }}-evil.txt"
+        content: "ran\\n"
+        mode: "0644"
+"""
+
+
 def make_outside(place: Place) -> None:
     """Files a hostile input would like to read or overwrite."""
     write_tree(place.outside, {"secret.yml": "---\nstolen: the controller's secret\n",
@@ -123,7 +138,7 @@ def make_outside(place: Place) -> None:
                                "inventories/dev/hosts.yml": "---\nall:\n  hosts:\n    intruder:\n"
                                "      platform: local\n      ansible_connection: local\n"
                                "      greet_dir: {canary}\n",
-                               "playbooks/evil.yml": "---\n- hosts: all\n  tasks: []\n",
+                               "playbooks/evil.yml": EVIL_PLAYBOOK,
                                "deep/er/still/.keep": ""}, place)
 
 
