@@ -147,6 +147,7 @@ REFUSED_ERRNOS = {errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    settings = None
     try:
         if args.command == "install-timer":
             return cmd_install_timer(args)
@@ -170,15 +171,16 @@ def main(argv=None) -> int:
         return fail(f"{where}{exc.strerror or exc}",
                     ExitCode.REFUSED if exc.errno in REFUSED_ERRNOS else ExitCode.ERROR)
     except Exception as exc:  # a bug: one line for the user, the traceback in a file
-        return fail(f"internal error: {type(exc).__name__}: {exc}{_save_traceback(args)}",
-                    ExitCode.ERROR)
+        saved = _save_traceback(args, settings)
+        return fail(f"internal error: {type(exc).__name__}: {exc}{saved}", ExitCode.ERROR)
 
 
-def _save_traceback(args) -> str:
+def _save_traceback(args, settings) -> str:
     """Write the traceback under the state directory's logs/; say where (or nothing)."""
     import traceback
 
-    state = config_mod.Settings(state_dir=getattr(args, "state_dir", None)).state_path
+    settings = settings or config_mod.Settings(state_dir=getattr(args, "state_dir", None))
+    state = settings.state_path
     path = state / "logs" / time.strftime(f"{args.command}-%Y%m%dT%H%M%SZ.traceback",
                                           time.gmtime())
     try:
@@ -341,7 +343,14 @@ def cmd_agent(args) -> int:
     except OSError as exc:
         print(f"gitops-ansible: agent: {exc}", file=sys.stderr)
         return ExitCode.ERROR
-    return agent.run()
+    try:
+        return agent.run()
+    except OSError as exc:
+        if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise
+        listen = agent.config.agent["listen"]
+        return fail(f"agent: cannot listen on {listen} ([agent] listen in {agent.config.path}"
+                    f" or --listen): {exc.strerror}", ExitCode.REFUSED)
 
 
 def cmd_sync(args) -> int:
@@ -431,6 +440,9 @@ def cmd_install_service(args) -> int:
 def cmd_install_timer(args) -> int:
     from . import schedule
 
+    if args.systemd and args.log_file:
+        return fail("install-timer: --log-file is for --cron (systemd units log to the "
+                    "journal)", ExitCode.REFUSED)
     try:
         minutes = schedule.parse_interval(args.interval)
         command = schedule.run_command(args.env, args.repo, args.ref, args.config,

@@ -12,6 +12,9 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from . import names, source
+from .names import shown
+
 ENV_PREFIX = "GITOPS_ANSIBLE_"
 # Environment variables with the prefix that are not settings.
 ENV_SPECIAL = {"GITOPS_ANSIBLE_CONFIG", "GITOPS_ANSIBLE_GIT_TOKEN"}
@@ -24,14 +27,14 @@ class ConfigError(Exception):
 
     def __init__(self, source: str, key: str, expected: str, got=None):
         self.source, self.key = source, key
-        got_text = "" if got is None else f", got {got!r}"
+        got_text = "" if got is None else f", got {shown(got)}"
         super().__init__(f"{source}: key '{key}': expected {expected}{got_text}")
 
 
 @dataclass(frozen=True)
 class Option:
     name: str
-    kind: str  # str | int | bool | path | choice | duration | env
+    kind: str  # str | int | bool | path | choice | duration | env | repo | listen
     default: object
     help: str
     choices: tuple = ()
@@ -42,11 +45,12 @@ class Option:
             return "one of " + ", ".join(self.choices)
         return {"int": f"an integer >= {self.minimum}", "bool": "true or false",
                 "path": "a file system path", "str": "a string", "env": "an environment name",
+                "repo": "a Git URL",
                 "duration": "a duration such as 30s, 5m, 2h or seconds as a number"
                 + (" (more than 0)" if self.minimum else ""),
                 "listen": "HOST:PORT with a port from 1 to 65535"}[self.kind]
 
-    def convert(self, value, source: str):
+    def convert(self, value, source_name: str):
         """Value from TOML, environment (str) or flags, checked and converted."""
         if value is None:
             return None
@@ -66,12 +70,18 @@ class Option:
         elif self.kind == "choice":
             if value in self.choices:
                 return value
+        elif self.kind == "repo":
+            if isinstance(value, str) and value.strip():
+                name = source.transport(value)
+                if name in source.TRANSPORTS:
+                    return value
+                raise ConfigError(source_name, self.name, f"{source.REPO_EXPECTED} (transport "
+                                  f"'{name}' is not allowed)", source.redact_url(value))
         elif self.kind == "env":
-            from .names import ENV_EXPECTED, InvalidName, env_name
             try:
-                return env_name(value)
-            except InvalidName:
-                raise ConfigError(source, self.name, ENV_EXPECTED, value) from None
+                return names.env_name(value)
+            except names.InvalidName:
+                raise ConfigError(source_name, self.name, names.ENV_EXPECTED, value) from None
         elif self.kind == "duration":
             from .schedule import ScheduleError, parse_duration
             try:
@@ -86,7 +96,7 @@ class Option:
                 return value
         elif isinstance(value, str) and (value or self.kind == "str"):
             return value
-        raise ConfigError(source, self.name, self.describe(), value)
+        raise ConfigError(source_name, self.name, self.describe(), value)
 
 
 def _default_state_dir() -> str:
@@ -105,7 +115,7 @@ def setting(kind: str, default, help: str, choices: tuple = (), minimum: int = 0
 @dataclass(frozen=True)
 class Settings:
     """The settings of one cycle; ``sources`` says where each value came from."""
-    repo: str | None = setting("str", None, "Git URL to pull from: file://, git://, ssh://, https:// (or a local path)")
+    repo: str | None = setting("repo", None, "Git URL to pull from: file://, git://, ssh://, https:// (or a local path)")
     ref: str = setting("str", "HEAD", "branch, tag or commit to converge (HEAD: the remote's default branch)")
     env: str | None = setting("env", None, "environment: a directory under the inventory root")
     path: str = setting("path", ".", "push/plan: the local checkout to converge")

@@ -45,11 +45,11 @@ class Outside(ValueError):
 
 
 def shown(value) -> str:
-    """A value for a message: quoted, control characters visible, long ones cut."""
-    text = repr(value)
-    if isinstance(value, str) and len(value) > 60:
-        text = f"{value[:40]!r}... ({len(value)} characters)"
-    return text
+    """A value for a message: quoted, control characters visible; a long one keeps its
+    start and its end (where a path has its file name)."""
+    if isinstance(value, str) and len(value) > 80:
+        return f"{value[:30]!r}...{value[-40:]!r} ({len(value)} characters)"
+    return repr(value)
 
 
 def env_name(value, what: str = "environment name") -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from . import plan as plan_mod
 from . import source
+from .config import ConfigError
 from .report import ExitCode, Redactor, Reporter
 from .store import (FAILED_OUTCOMES, EnvState, HostResult, Mode, RunRecord, RunStatus, Store,
                     Transition, Verdict, new_run_id)
@@ -231,6 +232,8 @@ class Cycle:
             verdict = self._steps()
         except Stop as early:
             stop, verdict = early, early.verdict
+        except ConfigError as exc:  # e.g. a git_token_file that cannot be read
+            verdict = Verdict(RunStatus.REFUSED, ExitCode.REFUSED, f"config error: {exc}")
         except Cancelled:
             verdict = Verdict(RunStatus.CANCELLED, ExitCode.ERROR, "cancelled by a signal "
                               "before Ansible ran; nothing was changed")
@@ -245,6 +248,9 @@ class Cycle:
             checkout, revision = self._pull_source()
         else:
             checkout = Path(self.settings.path).expanduser().resolve()
+            if not checkout.is_dir():
+                raise Stop(Verdict(RunStatus.REFUSED, ExitCode.REFUSED,
+                                   f"--path {checkout}: no such directory"))
             revision = source.local_revision(checkout)
             self._start(revision)
         return self._converge(checkout, revision)
