@@ -1,8 +1,8 @@
 """Notifications and commit status, sent by one background thread in order.
 
 Alerts (failure, recovery, drift, refused) go to generic JSON webhooks and Slack-compatible
-incoming webhooks, at most one per environment and kind within ``alert_interval``; the
-agent decides *when* something is worth an alert (on a change of state, not per cycle).
+incoming webhooks, at most one per environment and kind within ``alert_interval``;
+``alerts`` decides *when* something is worth an alert (on a change of state, not per cycle).
 Commit status goes back to GitHub (``POST /repos/OWNER/NAME/statuses/SHA``) or GitLab
 (``POST /api/v4/projects/ID/statuses/SHA``) without a link. URLs and tokens are never
 logged: Slack URLs carry their own token.
@@ -29,7 +29,8 @@ def _post(url: str, body: dict, headers: dict | None = None, timeout: float = 10
         return response.status
 
 
-def _secret(path: str) -> str:
+def read_secret(path: str) -> str:
+    """A secret kept in a file (a token, a webhook secret, a URL that carries its token)."""
     return Path(path).expanduser().read_text().strip()
 
 
@@ -71,7 +72,7 @@ class Notifier:
         return True
 
     def _send_alert(self, target: dict, alert: dict) -> None:
-        url = target.get("url") or _secret(target["url_file"])
+        url = target.get("url") or read_secret(target["url_file"])
         body = alert if target["kind"] == "webhook" else {"text": alert_text(alert)}
         _post(url, body)
 
@@ -83,7 +84,7 @@ class Notifier:
                                                "description": description[:140]}))
 
     def _send_status(self, config: dict, status: dict) -> None:
-        token = _secret(config["token_file"])
+        token = read_secret(config["token_file"])
         context = config.get("context") or f"gitops-ansible/{status['env']}"
         api = config["api_url"].rstrip("/")
         if config["kind"] == "github":

@@ -1,42 +1,90 @@
-"""The agent's HTTP endpoint: health, Prometheus metrics, a read-only JSON API, webhooks.
+"""The agent's HTTP view: health, Prometheus metrics, a read-only JSON API, webhooks.
 
-Bound to 127.0.0.1 by default: nothing outside the machine needs a door into it. Webhook
-receivers check their signature with a constant-time comparison before they read the
-payload; a bad or missing signature is 401 and starts nothing.
+Bound to 127.0.0.1 by default: nothing outside the machine needs a door into it. The
+view reads the scheduler's per-source state and the store (through ``records``); it
+changes nothing but a source's pending trigger (``sync`` and webhooks).
 
     GET  /healthz               the agent loop is alive
     GET  /readyz                config loaded, store open, first cycle of every source done
-    GET  /metrics               Prometheus text format
+    GET  /metrics               Prometheus text format 0.0.4
     GET  /api/v1/status         every source: revisions, suspension, drift, backoff, next cycle
     GET  /api/v1/runs/RUN_ID    one run with its per-host and per-task results
     POST /api/v1/sync/NAME      a cycle of that source (name or env) now
     POST /hooks/github          X-Hub-Signature-256: sha256=HMAC-SHA256(secret, body)
     POST /hooks/gitlab          X-Gitlab-Token: secret
     POST /hooks/generic         X-Signature: sha256=HMAC-SHA256(secret, body)
+
+Metrics: prometheus_client writes the exposition (one registry per agent, no global
+state). Counters and the run-duration histogram are counted here since the agent
+started; the gauges are read from the store and the scheduler at each scrape.
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
+import math
 import threading
+import time
+from contextlib import closing
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFamily,
+                                            HistogramMetricFamily)
+
+from . import webhooks
+from .records import run_detail
+from .records import status as env_statuses
+from .source import redact_url
+from .store import FAILED_OUTCOMES, EnvState, Store
+
 MAX_BODY = 5 * 1024 * 1024
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
+DURATION = "gitops_ansible_run_duration_seconds"
+DURATION_HELP = "Duration of converging and drift-check runs"
 DURATION_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+COUNTERS = {  # name: (help, label names)
+    "gitops_ansible_cycles_total": ("Pull cycles by environment and result", ("env", "result")),
+    "gitops_ansible_drift_checks_total": ("Drift checks by environment and result",
+                                          ("env", "result")),
+    "gitops_ansible_source_fetch_failures_total": ("Failed Git fetches or ref lookups", ("env",)),
+    "gitops_ansible_webhooks_total": ("Webhook requests by receiver and result",
+                                      ("receiver", "result")),
+    "gitops_ansible_alerts_total": ("Notifications queued, by kind", ("event",)),
+}
+GAUGES = {  # name: (help, label names)
+    "gitops_ansible_applied_revision_info": ("The revision applied last, per environment",
+                                             ("env", "revision")),
+    "gitops_ansible_hosts_failed": ("Hosts failed or unreachable in the last converge", ("env",)),
+    "gitops_ansible_hosts_drifted": ("Hosts with drift in the last drift check", ("env",)),
+    "gitops_ansible_suspended": ("1 while the environment is suspended", ("env",)),
+    "gitops_ansible_consecutive_failures": ("Failed cycles in a row", ("env",)),
+    "gitops_ansible_backoff_seconds": ("Current retry delay", ("env",)),
+    "gitops_ansible_seconds_since_last_success": ("Seconds since the last cycle that succeeded "
+                                                  "(converged or found nothing to do)", ("env",)),
+}
 
 
 class Metrics:
-    """Counters and a histogram kept in memory; gauges come from the store at scrape time."""
+    """The agent's counters and run-duration histogram, and the collectors given (the
+    gauges), in a registry of its own.
 
-    def __init__(self):
+    The counting is ours, not prometheus_client's ``Counter`` and ``Histogram``: those
+    write bucket bounds as ``le="30.0"`` where the agent has always written ``le="30"``
+    (a query on ``le="30"`` would stop matching), and add a ``_created`` gauge per
+    counter to the 0.0.4 text format, which only a process-wide switch turns off.
+    """
+
+    def __init__(self, *collectors):
         self.lock = threading.Lock()
-        self.counters: dict[tuple[str, tuple], float] = {}
+        self.counters: dict[tuple[str, tuple[str, ...]], float] = {}
         self.histograms: dict[str, dict] = {}
+        self.registry = CollectorRegistry()
+        for collector in (self, *collectors):
+            self.registry.register(collector)
 
     def inc(self, name: str, amount: float = 1, **labels) -> None:
-        key = (name, tuple(sorted(labels.items())))
+        key = (name, tuple(str(labels[label]) for label in COUNTERS[name][1]))
         with self.lock:
             self.counters[key] = self.counters.get(key, 0) + amount
 
@@ -50,89 +98,113 @@ class Metrics:
             hist["sum"] += seconds
             hist["count"] += 1
 
-    def counter(self, name: str, **labels) -> float:
-        return self.counters.get((name, tuple(sorted(labels.items()))), 0)
+    def collect(self):
+        """prometheus_client's collector protocol: the counters and the histogram."""
+        with self.lock:
+            counters = sorted(self.counters.items())
+            histograms = sorted((env, dict(h, buckets=list(h["buckets"])))
+                                for env, h in self.histograms.items())
+        for name, (help_text, labels) in COUNTERS.items():
+            family = CounterMetricFamily(name, help_text, labels=labels)
+            for (metric, values), value in counters:
+                if metric == name:
+                    family.add_metric(values, value)
+            yield family
+        family = HistogramMetricFamily(DURATION, DURATION_HELP, labels=("env",))
+        for env, hist in histograms:
+            buckets = [(str(bound), count) for bound, count in zip(DURATION_BUCKETS,
+                                                                   hist["buckets"])]
+            family.add_metric((env,), buckets + [("+Inf", hist["count"])], hist["sum"])
+        yield family
+
+    def text(self) -> bytes:
+        """Everything in the registry, in the Prometheus text format 0.0.4."""
+        return generate_latest(self.registry)
 
 
-def _labels(labels) -> str:
-    if not labels:
-        return ""
-    def quote(value) -> str:
-        return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-    return "{" + ",".join(f'{k}="{quote(v)}"' for k, v in labels) + "}"
+class Gauges:
+    """A collector of the gauges in ``GAUGES``; ``read()`` gives (name, labels, value)
+    samples and is called at each scrape."""
+
+    def __init__(self, read):
+        self.read = read
+
+    def collect(self):
+        families = {name: GaugeMetricFamily(name, help_text, labels=labels)
+                    for name, (help_text, labels) in GAUGES.items()}
+        for name, labels, value in self.read():
+            families[name].add_metric([labels[label] for label in GAUGES[name][1]], value)
+        return list(families.values())
 
 
-COUNTER_HELP = {
-    "gitops_ansible_cycles_total": "Pull cycles by environment and result",
-    "gitops_ansible_drift_checks_total": "Drift checks by environment and result",
-    "gitops_ansible_source_fetch_failures_total": "Failed Git fetches or ref lookups",
-    "gitops_ansible_webhooks_total": "Webhook requests by receiver and result",
-    "gitops_ansible_alerts_total": "Notifications queued, by kind",
-}
+def gauges(state_dir: Path, states, wall: float) -> list[tuple[str, dict, float]]:
+    """The gauge samples of the scheduler's source ``states`` and what the store knows."""
+    samples = []
+    with closing(Store(Path(state_dir) / "runs.db")) as store:
+        for state in states:
+            env, labels = store.env_state(state.env), {"env": state.env}
+            if env.applied_revision:
+                samples.append(("gitops_ansible_applied_revision_info",
+                                {**labels, "revision": env.applied_revision}, 1))
+            last = store.last_converge(state.env)
+            failed = [h for h in store.host_results(last["id"])
+                      if h["outcome"] in FAILED_OUTCOMES] if last else []
+            samples += [("gitops_ansible_hosts_failed", labels, len(failed)),
+                        ("gitops_ansible_hosts_drifted", labels, len(env.drifted_hosts)),
+                        ("gitops_ansible_suspended", labels, 1 if env.suspended else 0),
+                        ("gitops_ansible_consecutive_failures", labels, state.failures),
+                        ("gitops_ansible_backoff_seconds", labels, state.backoff)]
+            if state.last_success:
+                samples.append(("gitops_ansible_seconds_since_last_success", labels,
+                                round(wall - state.last_success, 3)))
+    return samples
 
 
-def render(metrics: Metrics, gauges: list[tuple[str, str, dict, float]]) -> str:
-    """Prometheus text exposition format 0.0.4."""
-    out = []
-    with metrics.lock:
-        counters = dict(metrics.counters)
-        histograms = {env: {**h, "buckets": list(h["buckets"])}
-                      for env, h in metrics.histograms.items()}
-    for name, help_text in COUNTER_HELP.items():
-        out += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
-        for (metric, labels), value in sorted(counters.items()):
-            if metric == name:
-                out.append(f"{name}{_labels(labels)} {value:g}")
-    name = "gitops_ansible_run_duration_seconds"
-    out += [f"# HELP {name} Duration of converging and drift-check runs",
-            f"# TYPE {name} histogram"]
-    for env, hist in sorted(histograms.items()):
-        for bound, count in zip(DURATION_BUCKETS, hist["buckets"]):
-            out.append(f'{name}_bucket{{env="{env}",le="{bound}"}} {count}')
-        out.append(f'{name}_bucket{{env="{env}",le="+Inf"}} {hist["count"]}')
-        out.append(f'{name}_sum{{env="{env}"}} {hist["sum"]:.3f}')
-        out.append(f'{name}_count{{env="{env}"}} {hist["count"]}')
-    seen = set()
-    for name, help_text, labels, value in gauges:
-        if name not in seen:
-            seen.add(name)
-            out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-        out.append(f"{name}{_labels(sorted(labels.items()))} {value:g}")
-    return "\n".join(out) + "\n"
+# -- the JSON API ----------------------------------------------------------------------------
+def status_view(agent) -> dict:
+    """/api/v1/status: each source as the scheduler and the store see it."""
+    now, states = time.monotonic(), list(agent.states.values())
+    known = {s.state.env: s.state for s in env_statuses(agent.config.state_dir)}
+    sources = [_source_view(state, known.get(state.env) or EnvState(state.env), now)
+               for state in states]
+    busy = None if agent.busy_since is None else round(now - agent.busy_since, 1)
+    return {"sources": sources, "busy_seconds": busy}
 
 
-# -- webhooks ------------------------------------------------------------------------------
-def _hmac_ok(secret: str, body: bytes, header: str | None) -> bool:
-    expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected.encode(), (header or "").strip().encode())
+def _source_view(state, env: EnvState, now: float) -> dict:
+    src = state.source
+    return {
+        "name": src.name, "env": state.env, "repo": redact_url(src.settings.repo),
+        "ref": src.settings.ref, "applied_revision": env.applied_revision,
+        "good_revision": env.good_revision, "suspended": env.suspended_reason,
+        "drifted_hosts": list(env.drifted_hosts) if env.drift_at else None,
+        "drift_run": env.drift_run, "fetch_error": env.fetch_error,
+        "failures": state.failures, "backoff_seconds": state.backoff,
+        "maintenance": state.blocked, "pending": state.pending,
+        "next_cycle_in": round(max(0.0, state.next_cycle - now), 1),
+        "next_drift_in": None if math.isinf(state.next_drift) else
+        round(max(0.0, state.next_drift - now), 1),
+        "cycles": state.cycles, "last": state.last, "last_drift": state.last_drift}
 
 
-def verify(receiver: str, secret: str, headers, body: bytes) -> bool:
-    if receiver == "github":
-        return _hmac_ok(secret, body, headers.get("X-Hub-Signature-256"))
-    if receiver == "gitlab":
-        return hmac.compare_digest(secret.encode(), (headers.get("X-Gitlab-Token") or "").encode())
-    return _hmac_ok(secret, body, headers.get("X-Signature"))
+def webhook(agent, receiver: str, headers, body: bytes) -> tuple[int, dict]:
+    """/hooks/RECEIVER: count the delivery, and queue a cycle of the sources it concerns."""
+    sources = [state.source for state in agent.states.values()]
+    delivery = webhooks.receive(receiver, agent.config.agent, headers, body, sources,
+                                agent.reporter.log)
+    if delivery.result:
+        agent.metrics.inc("gitops_ansible_webhooks_total", receiver=receiver,
+                          result=delivery.result)
+    agent.trigger([src.name for src in delivery.sources], f"webhook:{receiver}")
+    return delivery.code, delivery.answer
 
 
-def push_of(receiver: str, headers, payload: dict) -> tuple[str | None, set[str], str | None]:
-    """(pushed ref, repository names, default branch) of a push event; ref None: not a push."""
-    if receiver == "github":
-        if headers.get("X-GitHub-Event") != "push":
-            return None, set(), None
-        repo = payload.get("repository") or {}
-        names = {repo.get(k) for k in ("full_name", "clone_url", "ssh_url", "html_url")}
-        return payload.get("ref"), {n for n in names if n}, repo.get("default_branch")
-    if receiver == "gitlab":
-        if headers.get("X-Gitlab-Event") not in ("Push Hook", "Tag Push Hook"):
-            return None, set(), None
-        project = payload.get("project") or {}
-        names = {project.get(k) for k in ("path_with_namespace", "git_http_url", "git_ssh_url")}
-        return payload.get("ref"), {n for n in names if n}, project.get("default_branch")
-    repo = payload.get("repository")
-    return payload.get("ref"), {repo} if isinstance(repo, str) and repo else set(), None
+def _named(agent, name: str) -> list[str]:
+    """The sources that ``sync NAME`` means: the one called so, or every one of that env."""
+    return [s.source.name for s in agent.states.values() if name in (s.source.name, s.env)]
 
 
+# -- HTTP --------------------------------------------------------------------------------------
 class Handler(BaseHTTPRequestHandler):
     server_version = "gitops-ansible"
     agent = None  # set by serve()
@@ -159,31 +231,43 @@ class Handler(BaseHTTPRequestHandler):
             ready, why = agent.ready()
             self._send(200 if ready else 503, ("ok" if ready else why) + "\n", "text/plain")
         elif path == "/metrics":
-            self._send(200, agent.metrics_text(), "text/plain; version=0.0.4; charset=utf-8")
+            self._send(200, agent.metrics.text(), METRICS_TYPE)
         elif path == "/api/v1/status":
-            self._send(200, agent.status())
+            self._send(200, status_view(agent))
         elif path.startswith("/api/v1/runs/"):
-            run = agent.run_detail(path.rsplit("/", 1)[1])
+            run = run_detail(agent.config.state_dir, path.rsplit("/", 1)[1])
             self._send(200 if run else 404, run or {"error": "no such run"})
         else:
             self._send(404, {"error": "not found"})
 
     def do_POST(self) -> None:
         agent, path = self.agent, self.path.split("?")[0].rstrip("/")
-        length = int(self.headers.get("Content-Length") or 0)
+        length = _length(self.headers)
+        if length is None:
+            self._send(400, {"error": "Content-Length is not a number of bytes"})
+            return
         if length > MAX_BODY:
             self._send(413, {"error": "payload too large"})
             return
         body = self.rfile.read(length) if length else b""
         if path.startswith("/api/v1/sync/"):
-            names = agent.trigger_named(path.rsplit("/", 1)[1], "sync")
+            names = agent.trigger(_named(agent, path.rsplit("/", 1)[1]), "sync")
             self._send(202 if names else 404, {"triggered": names} if names else
                        {"error": "no such source or environment"})
         elif path.startswith("/hooks/"):
-            code, answer = agent.webhook(path.rsplit("/", 1)[1], self.headers, body)
-            self._send(code, answer)
+            self._send(*webhook(agent, path.rsplit("/", 1)[1], self.headers, body))
         else:
             self._send(404, {"error": "not found"})
+
+
+def _length(headers) -> int | None:
+    """The body's length; None when it is not a count (a negative one would read until
+    the client hangs up)."""
+    try:
+        length = int(headers.get("Content-Length") or 0)
+    except ValueError:
+        return None
+    return length if length >= 0 else None
 
 
 def serve(agent, listen: str) -> ThreadingHTTPServer:
@@ -193,8 +277,3 @@ def serve(agent, listen: str) -> ThreadingHTTPServer:
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server
-
-
-def read_secret(path: str | None) -> str | None:
-    return Path(path).expanduser().read_text().strip() if path else None
-
