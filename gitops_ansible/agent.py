@@ -45,11 +45,11 @@ class SourceState:
     source: config_mod.Source
     next_cycle: float
     next_drift: float
-    pending: str | None = None      # trigger waiting to run: webhook, sync, heal
+    pending: str | None = None       # trigger waiting to run: webhook, sync, heal
     failures: int = 0
     backoff: float = 0.0
-    told: AlertState = AlertState()  # what alerts have said of it
-    blocked: str | None = None      # maintenance window reason, while it blocks
+    told: AlertState = AlertState()  # what the alerts have said of it
+    blocked: str | None = None       # maintenance window reason, while it blocks
     last: dict = field(default_factory=dict)
     last_drift: dict = field(default_factory=dict)
     last_success: float | None = None
@@ -117,6 +117,8 @@ def sleep_for(states, now: float) -> float:
 
 
 class Agent:
+    """``gitops-ansible agent``: ``run()`` serves the HTTP view and loops until stopped."""
+
     def __init__(self, config_path: str, flags: dict | None = None, out=None, err=None,
                  environ=None):
         self.config_path, self.flags, self.environ = config_path, flags or {}, environ or {}
