@@ -390,7 +390,7 @@ class Cycle:
             platform = next((p for p, names in the_plan.platforms.items() if host in names), None)
             hosts[host] = HostResult(host, platform, unreachable=1, message=f"pre-flight: {why}")
         host_list = [hosts[h] for h in sorted(hosts)]
-        status, code, message = self._judge(outcome, host_list)
+        status, code, message = judge(outcome, host_list, self.mode, self.check)
         verdict = Verdict(status, code, self.redactor.scrub(message), host_list,
                           outcome.tasks if outcome else [])
         partial = bool(the_plan.limit or the_plan.tags or the_plan.skip_tags)
@@ -403,25 +403,6 @@ class Cycle:
             verdict.transition = Transition.drift_recorded(
                 run.revision, run.id, now, [h.host for h in host_list if h.outcome == "changed"])
         return verdict
-
-    def _judge(self, outcome, hosts) -> tuple[RunStatus, ExitCode, str]:
-        failed = [h.host for h in hosts if h.outcome in FAILED_OUTCOMES]
-        changed = [h.host for h in hosts if h.outcome == "changed"]
-        verb = "would change" if self.check else "changed"
-        if outcome and outcome.status == "error":
-            return RunStatus.ERROR, ExitCode.ERROR, f"ansible failed: {outcome.message}"
-        if outcome and outcome.status in ("timeout", "cancelled"):
-            return RunStatus.CANCELLED, ExitCode.ERROR, outcome.message
-        if failed:
-            return RunStatus.FAILED, ExitCode.FAILED, (
-                f"{len(failed)} of {len(hosts)} hosts failed or unreachable: {', '.join(failed)}")
-        if changed and self.mode is Mode.DRIFT:
-            return RunStatus.DRIFTED, ExitCode.CHANGED, (
-                f"drift on {len(changed)} of {len(hosts)} hosts: " + ", ".join(changed))
-        if changed:
-            return RunStatus.CHANGED, ExitCode.CHANGED, f"{len(changed)} of {len(hosts)} hosts {verb}"
-        return RunStatus.UNCHANGED, ExitCode.OK, f"{len(hosts)} hosts converged, nothing " + (
-            "would change" if self.check else "changed")
 
     def _internal_error(self, exc: Exception) -> Verdict:
         """An unexpected exception: the traceback goes to a file in the state directory
@@ -453,7 +434,7 @@ class Cycle:
         if self.converged:
             self.reporter.summary(verdict.hosts)
             if self.check and verdict.tasks:
-                self._pending(verdict.tasks)
+                self.reporter.pending(would_change(verdict.tasks), drift=self.mode is Mode.DRIFT)
         if not (stop and stop.logged):
             self.reporter.log(verdict.message, _level(verdict))
         if self.converged:
@@ -463,13 +444,6 @@ class Cycle:
         return Result(ExitCode(verdict.exit_code), verdict.status, message,
                       run.id if run else None, run.revision if run else None,
                       list(verdict.hosts), fetch_failed=bool(stop and stop.fetch_failed))
-
-    def _pending(self, tasks) -> None:
-        by_host: dict[str, list[str]] = {}
-        for task in tasks:
-            if task.status == "changed":
-                by_host.setdefault(task.host, []).append(task.task)
-        self.reporter.pending(by_host, drift=self.mode is Mode.DRIFT)
 
     def _retention(self) -> None:
         for run_id, path in self.store.old_artifacts(self.env, self.settings.keep_runs):
@@ -484,6 +458,36 @@ class Cycle:
 
 
 CONVERGED = (RunStatus.CHANGED, RunStatus.UNCHANGED, RunStatus.FAILED)
+
+
+def judge(outcome, hosts, mode: Mode, check: bool) -> tuple[RunStatus, ExitCode, str]:
+    """How a converge ended, from Ansible's outcome and the per-host results."""
+    failed = [h.host for h in hosts if h.outcome in FAILED_OUTCOMES]
+    changed = [h.host for h in hosts if h.outcome == "changed"]
+    verb = "would change" if check else "changed"
+    if outcome and outcome.status == "error":
+        return RunStatus.ERROR, ExitCode.ERROR, f"ansible failed: {outcome.message}"
+    if outcome and outcome.status in ("timeout", "cancelled"):
+        return RunStatus.CANCELLED, ExitCode.ERROR, outcome.message
+    if failed:
+        return RunStatus.FAILED, ExitCode.FAILED, (
+            f"{len(failed)} of {len(hosts)} hosts failed or unreachable: {', '.join(failed)}")
+    if changed and mode is Mode.DRIFT:
+        return RunStatus.DRIFTED, ExitCode.CHANGED, (
+            f"drift on {len(changed)} of {len(hosts)} hosts: " + ", ".join(changed))
+    if changed:
+        return RunStatus.CHANGED, ExitCode.CHANGED, f"{len(changed)} of {len(hosts)} hosts {verb}"
+    return RunStatus.UNCHANGED, ExitCode.OK, f"{len(hosts)} hosts converged, nothing " + (
+        "would change" if check else "changed")
+
+
+def would_change(tasks) -> dict[str, list[str]]:
+    """Check mode: the tasks that reported a change, per host."""
+    by_host: dict[str, list[str]] = {}
+    for task in tasks:
+        if task.status == "changed":
+            by_host.setdefault(task.host, []).append(task.task)
+    return by_host
 
 
 def _level(verdict: Verdict) -> str:
