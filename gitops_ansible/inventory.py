@@ -271,8 +271,11 @@ def _kind(value) -> str:
         return "a list"
     if isinstance(value, yaml.ScalarNode):
         return "a single value"
-    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
-    return names.get(type(value), f"a {type(value).__name__}")
+    for kind, name in ((str, "a string"), (bool, "a boolean"), (int, "an integer"),
+                       (float, "a number")):  # Ansible's tagged values are subclasses
+        if isinstance(value, kind):
+            return name
+    return f"a {type(value).__name__}"
 
 
 def _read_by_ansible(parts: tuple[str, ...]) -> bool:
@@ -288,6 +291,10 @@ def _read_by_ansible(parts: tuple[str, ...]) -> bool:
 def _is_vars_file(parts: tuple[str, ...]) -> bool:
     """group_vars/ and host_vars/ files (a file, or the files of a directory per name)."""
     return any(d in ("group_vars", "host_vars") for d in parts[-3:-1])
+
+
+_VARS_SHAPE = "a vars file must be a mapping of variable names to values"
+_INVENTORY_SHAPE = "an inventory file must be a mapping of groups (all: hosts: ...)"
 
 
 def _names_paths(parts: tuple[str, ...], in_inventory: bool) -> bool:
@@ -317,12 +324,13 @@ class Scan:
         """What ``path`` holds (parsed now if not yet); None when empty or refused."""
         real = str(path.resolve())
         if real not in self.data and path.is_file():
-            self.file(path, vars_file=False, refs=True)
+            self.file(path, shape=None, refs=True)
         return self.data.get(real)
 
-    def file(self, path: Path, vars_file: bool, refs: bool) -> None:
-        """Parse one file. A vars file must hold a mapping; ``refs``: collect the static
-        paths it names (playbooks, role tasks and meta)."""
+    def file(self, path: Path, shape: str | None, refs: bool) -> None:
+        """Parse one file. ``shape``: what the file must be when it must be a mapping (a
+        vars file, an inventory file); ``refs``: collect the static paths it names
+        (playbooks, role tasks and meta)."""
         rel, real = _rel(path, self.checkout), str(path.resolve())
         if real in self.data:
             return
@@ -337,7 +345,7 @@ class Scan:
             if text is None:
                 return
         try:
-            self.data[real] = self._parse(text, rel, real, vars_file, refs)
+            self.data[real] = self._parse(text, rel, real, shape, refs)
         except _Bad as bad:
             problem = Problem(rel, bad.line, bad.message)
         except _YAML_ERRORS as exc:
@@ -350,7 +358,7 @@ class Scan:
             problem.message = f"after decryption: {problem.message}"
         self.problems.append(problem)
 
-    def _parse(self, text: str, rel: str, real: str, vars_file: bool, refs: bool):
+    def _parse(self, text: str, rel: str, real: str, shape: str | None, refs: bool):
         loader = _Loader(text)
         loader.scan, loader.rel = self, rel
         try:
@@ -358,9 +366,8 @@ class Scan:
             if node is None:
                 return None
             self._walk(node, rel, real, refs)
-            if vars_file and not isinstance(node, yaml.MappingNode):
-                raise _Bad(node.start_mark.line + 1, "a vars file must be a mapping of "
-                           f"variable names to values, not {_kind(node)}")
+            if shape and not isinstance(node, yaml.MappingNode):
+                raise _Bad(node.start_mark.line + 1, f"{shape}, not {_kind(node)}")
             if isinstance(node, yaml.MappingNode):
                 self.lines[real] = {k.value: k.start_mark.line + 1 for k, _ in node.value
                                     if isinstance(k, yaml.ScalarNode)}
@@ -494,19 +501,31 @@ _ROLE_MODULES = ("import_role", "include_role", "ansible.builtin.import_role",
                 "ansible.builtin.include_role")
 
 
-def _plays(scan: Scan, path: Path, checkout: Path) -> tuple[list[dict], list[Problem]]:
-    data = scan.load(path)
-    if data is None or isinstance(data, list):
-        return [p for p in data or [] if isinstance(p, dict)], []
-    return [], [Problem(_rel(path, checkout), None, f"a playbook must be a list of plays, not "
-                                                 f"{_kind(data)}")]
+_PLAY_LISTS = ("roles", "pre_tasks", "tasks", "post_tasks")
+
+
+def _plays(scan: Scan, path: Path) -> tuple[list[dict], list[Problem]]:
+    """The plays of a playbook; one whose roles or tasks are not a list is a problem."""
+    data, rel = scan.load(path), _rel(path, scan.checkout)
+    if data is not None and not isinstance(data, list):
+        return [], [Problem(rel, None, f"a playbook must be a list of plays, not {_kind(data)}")]
+    plays = [p for p in data or [] if isinstance(p, dict)]
+    problems = [Problem(rel, None, f"play {number} ('{play.get('name', '')}'): '{key}' must be "
+                                   f"a list, not {_kind(play[key])}")
+                for number, play in enumerate(plays, 1) for key in _PLAY_LISTS
+                if play.get(key) is not None and not isinstance(play[key], list)]
+    return plays, problems
+
+
+def _listed(play: dict, key: str) -> list:
+    return play[key] if isinstance(play.get(key), list) else []
 
 
 def _roles_of(play: dict) -> list[str]:
     roles = [item if isinstance(item, str) else item.get("role") or item.get("name")
-             for item in play.get("roles") or [] if isinstance(item, (str, dict))]
-    for section in ("pre_tasks", "tasks", "post_tasks"):
-        for task in play.get(section) or []:
+             for item in _listed(play, "roles") if isinstance(item, (str, dict))]
+    for section in _PLAY_LISTS[1:]:
+        for task in _listed(play, section):
             for module in _ROLE_MODULES:
                 if isinstance(task, dict) and isinstance(task.get(module), dict):
                     roles.append(task[module].get("name"))
@@ -514,7 +533,7 @@ def _roles_of(play: dict) -> list[str]:
 
 
 def _read_platform(scan: Scan, name: str, path: Path) -> tuple[Platform, list[Problem]]:
-    plays, problems = _plays(scan, path, scan.checkout)
+    plays, problems = _plays(scan, path)
     own = [p for p in plays if f"platform_{name}" in str(p.get("hosts", ""))] or plays
     platform = Platform(name, path)
     platform.roles = [role for play in plays for role in _roles_of(play)]
@@ -529,7 +548,7 @@ def _read_platforms(scan: Scan, playbook: str) -> tuple[dict[str, Platform], lis
     site = scan.checkout / playbook
     if not site.is_file():
         return {}, [Problem(playbook, None, "entry playbook not found")]
-    plays, problems = _plays(scan, site, scan.checkout)
+    plays, problems = _plays(scan, site)
     platforms = {}
     for play in plays:
         target = play.get("ansible.builtin.import_playbook") or play.get("import_playbook")
@@ -634,12 +653,25 @@ def _check_targets(targets, platforms, scan: Scan, inv_rel: str, env: str) -> li
     return problems
 
 
-def _options(scan: Scan, role_dir: Path) -> dict:
-    data = scan.load(role_dir / "meta" / "argument_specs.yml")
-    main = ((data or {}).get("argument_specs") or {}).get("main") if isinstance(data, dict) \
-        else None
-    options = (main or {}).get("options") if isinstance(main, dict) else None
-    return {k: v for k, v in (options or {}).items() if isinstance(v, dict)}
+def _options(scan: Scan, spec: Path) -> tuple[dict, list[Problem]]:
+    """The options of the entry point main of a role's argument_specs.yml."""
+    data, options = scan.load(spec), {}
+    for key in ("argument_specs", "main", "options"):
+        if data is None:
+            break
+        if not isinstance(data, dict):
+            return {}, [Problem(_rel(spec, scan.checkout), None, f"expected a mapping above "
+                                f"'{key}' (argument_specs: main: options: ...), not {_kind(data)}")]
+        data = options = data.get(key)
+    if not isinstance(options, (dict, type(None))):
+        return {}, [Problem(_rel(spec, scan.checkout), _line_of(spec, "options:"),
+                            f"argument_specs: main: options: must be a mapping, not "
+                            f"{_kind(options)}")]
+    wrong = [name for name, option in (options or {}).items() if not isinstance(option, dict)]
+    if wrong:
+        return {}, [Problem(_rel(spec, scan.checkout), _line_of(spec, f"{wrong[0]}:"),
+                            f"option '{wrong[0]}' must be a mapping (type, default...)")]
+    return options or {}, []
 
 
 def _templated(value) -> bool:
@@ -697,29 +729,39 @@ def _where(scan: Scan, host: _Host, var: str, inv_rel: str) -> tuple[str, int | 
     return inv_rel, None
 
 
-def _role_problems(scan: Scan, hosts: list[_Host], role: str, inv_rel: str) -> list[Problem]:
-    """Required variables that hosts lack, and variables whose type is not the spec's."""
-    role_dir = scan.checkout / "roles" / role
-    spec = role_dir / "meta" / "argument_specs.yml"
-    spec_rel, problems = _rel(spec, scan.checkout), []
+def _type_problems(scan: Scan, hosts: list[_Host], options: dict, source: str,
+                   inv_rel: str) -> list[Problem]:
+    """Host variables whose value does not fit their option's type, one problem per place
+    that sets them, naming the hosts."""
     wrong: dict[tuple, list[str]] = {}
-    for var, option in _options(scan, role_dir).items():
-        if option.get("required") and "default" not in option:
-            missing = sorted(h.name for h in hosts if var not in h.values)
-            if missing:
-                problems.append(Problem(spec_rel, _line_of(spec, f"{var}:"),
-                                        f"role '{role}' requires variable '{var}', not set "
-                                        f"for host(s) {', '.join(missing)}"))
+    for var, option in options.items():
         for host in hosts:
             value = host.values.get(var)
             why = None if _templated(value) else _mismatch(value, option)
             if why:
                 wrong.setdefault((*_where(scan, host, var, inv_rel), var, why), []).append(
                     host.name)
-    for (file, line, var, why), names in wrong.items():
-        problems.append(Problem(file, line, f"variable '{var}' {why} ({spec_rel}; "
-                                            f"host(s) {', '.join(names)})"))
-    return problems
+    return [Problem(file, line, f"variable '{var}' {why} ({source}; host(s) {', '.join(names)})")
+            for (file, line, var, why), names in wrong.items()]
+
+
+# Ansible's connection variables the pre-flight reads, as an argument spec.
+_CONNECTION_OPTIONS = {"ansible_host": {"type": "str"}, "ansible_port": {"type": "int"},
+                      "ansible_user": {"type": "str"}, "ansible_connection": {"type": "str"}}
+
+
+def _role_problems(scan: Scan, hosts: list[_Host], role: str, inv_rel: str) -> list[Problem]:
+    """Required variables that hosts lack, and variables whose type is not the spec's."""
+    spec = scan.checkout / "roles" / role / "meta" / "argument_specs.yml"
+    options, problems = _options(scan, spec)
+    spec_rel = _rel(spec, scan.checkout)
+    for var, option in options.items():
+        missing = sorted(h.name for h in hosts if var not in h.values)
+        if option.get("required") and "default" not in option and missing:
+            problems.append(Problem(spec_rel, _line_of(spec, f"{var}:"),
+                                    f"role '{role}' requires variable '{var}', not set "
+                                    f"for host(s) {', '.join(missing)}"))
+    return problems + _type_problems(scan, hosts, options, spec_rel, inv_rel)
 
 
 def _check_roles(scan: Scan, platforms, hosts: list[_Host], targets, inv_rel) -> list[Problem]:
@@ -865,8 +907,9 @@ def load(checkout: Path, settings) -> Inventory:
     for path in files:
         parts = path.relative_to(checkout).parts
         if _read_by_ansible(parts):
-            inventory = inv_path in path.parents
-            scan.file(path, _is_vars_file(parts), _names_paths(parts, inventory))
+            shape = _VARS_SHAPE if _is_vars_file(parts) else \
+                _INVENTORY_SHAPE if path.parent == inv_path else None
+            scan.file(path, shape, _names_paths(parts, inv_path in path.parents))
     problems = scan.problems + _outside_refs(scan, scan.refs, playbook_dir.resolve())
     if problems:
         raise Refused(problems)
@@ -879,6 +922,7 @@ def load(checkout: Path, settings) -> Inventory:
     targets = {host.name: _target(host, platforms) for host in hosts}
     inv_rel = f"{settings.inventory_dir}/{settings.env}"
     problems = _check_targets(targets, platforms, scan, settings.inventory_dir, settings.env)
+    problems += _type_problems(scan, hosts, _CONNECTION_OPTIONS, "a connection variable", inv_rel)
     problems += _check_roles(scan, platforms, hosts, targets, inv_rel)
     if problems or scan.problems:
         raise Refused(problems + scan.problems)
