@@ -91,6 +91,11 @@ class Inventory:
         return {name: sorted(hosts) for name, hosts in sorted(groups.items())}
 
 
+def _refuse(problems: list[Problem]) -> None:
+    if problems:
+        raise Refused(problems)
+
+
 def _rel(path: Path, root: Path) -> str:
     try:
         return str(path.relative_to(root))
@@ -154,17 +159,13 @@ def environments(checkout: Path, inventory_dir: str) -> list[str]:
 def _environment(checkout: Path, root: Path, settings) -> Path:
     """The environment's inventory directory, inside the checkout, or ``Refused``."""
     inv_rel, env = settings.inventory_dir, settings.env
-    problems = _within(checkout / inv_rel, checkout, root, "the inventory directory")
-    if problems:
-        raise Refused(problems)
+    _refuse(_within(checkout / inv_rel, checkout, root, "the inventory directory"))
     inv_path = checkout / inv_rel / env
     if not inv_path.is_dir():
         known = ", ".join(environments(checkout, inv_rel)) or "none"
         raise Refused([Problem(f"{inv_rel}/{env}", None,
                                f"environment '{env}' does not exist (environments: {known})")])
-    problems = _within(inv_path, checkout, root, f"environment '{env}'")
-    if problems:
-        raise Refused(problems)
+    _refuse(_within(inv_path, checkout, root, f"environment '{env}'"))
     return inv_path
 
 
@@ -660,8 +661,9 @@ def _options(scan: Scan, spec: Path) -> tuple[dict, list[Problem]]:
         if data is None:
             break
         if not isinstance(data, dict):
-            return {}, [Problem(_rel(spec, scan.checkout), None, f"expected a mapping above "
-                                f"'{key}' (argument_specs: main: options: ...), not {_kind(data)}")]
+            return {}, [Problem(_rel(spec, scan.checkout), None,
+                                f"expected a mapping above '{key}' (argument_specs: main: "
+                                f"options: ...), not {_kind(data)}")]
         data = options = data.get(key)
     if not isinstance(options, (dict, type(None))):
         return {}, [Problem(_rel(spec, scan.checkout), _line_of(spec, "options:"),
@@ -889,41 +891,46 @@ def _check_documents(path: Path, rel: str, required: list) -> list[Problem]:
 
 # --- The entry point --------------------------------------------------------------------
 
-def load(checkout: Path, settings) -> Inventory:
-    """Load and validate the environment ``settings.env`` of ``checkout``; raise ``Refused``."""
-    root = checkout.resolve()
-    inv_path = _environment(checkout, root, settings)
-    playbook_dir = (checkout / settings.playbook).parent
-    bases = [inv_path, playbook_dir, checkout / "roles"]
+def _checkout_files(checkout: Path, root: Path, bases: list[Path]) -> list[Path]:
+    """The files of the inventory, playbook and roles directories, or ``Refused`` (before
+    any file is read: a link leading outside is never followed)."""
     problems = [p for base in bases[1:] for p in _within(base, checkout, root, "the directory")]
-    if problems:
-        raise Refused(problems)
+    problems += _within(checkout / "ansible.cfg", checkout, root, "the run's Ansible settings")
+    _refuse(problems)
     files = [path for base in bases if base.is_dir()
              for path in _files(base, checkout, root, problems)]
-    if problems:  # before reading any file: a link leading outside is never followed
-        raise Refused(problems)
-    password = _read_vault_password(settings, checkout)
-    scan = Scan(checkout, root, _vault(password))
+    _refuse(problems)
+    return files
+
+
+def _scan(checkout: Path, root: Path, inv_path: Path, files: list[Path], vault) -> Scan:
+    scan = Scan(checkout, root, vault)
     for path in files:
         parts = path.relative_to(checkout).parts
         if _read_by_ansible(parts):
             shape = _VARS_SHAPE if _is_vars_file(parts) else \
                 _INVENTORY_SHAPE if path.parent == inv_path else None
             scan.file(path, shape, _names_paths(parts, inv_path in path.parents))
-    problems = scan.problems + _outside_refs(scan, scan.refs, playbook_dir.resolve())
-    if problems:
-        raise Refused(problems)
-    checked = len(scan.refs)
+    return scan
+
+
+def load(checkout: Path, settings) -> Inventory:
+    """Load and validate the environment ``settings.env`` of ``checkout``; raise ``Refused``."""
+    root = checkout.resolve()
+    inv_path = _environment(checkout, root, settings)
+    playbook_dir = (checkout / settings.playbook).parent
+    files = _checkout_files(checkout, root, [inv_path, playbook_dir, checkout / "roles"])
+    password = _read_vault_password(settings, checkout)
+    scan = _scan(checkout, root, inv_path, files, _vault(password))
+    _refuse(scan.problems + _outside_refs(scan, scan.refs, playbook_dir.resolve()))
+    checked = len(scan.refs)  # the platform playbooks may be read only now
     platforms, problems = _read_platforms(scan, settings.playbook)
-    problems += _outside_refs(scan, scan.refs[checked:], playbook_dir.resolve())
-    if problems or scan.problems:
-        raise Refused(problems + scan.problems)
+    _refuse(problems + scan.problems
+            + _outside_refs(scan, scan.refs[checked:], playbook_dir.resolve()))
     hosts = _ansible_hosts(inv_path, scan, password)
     targets = {host.name: _target(host, platforms) for host in hosts}
     inv_rel = f"{settings.inventory_dir}/{settings.env}"
     problems = _check_targets(targets, platforms, scan, settings.inventory_dir, settings.env)
     problems += _type_problems(scan, hosts, _CONNECTION_OPTIONS, "a connection variable", inv_rel)
-    problems += _check_roles(scan, platforms, hosts, targets, inv_rel)
-    if problems or scan.problems:
-        raise Refused(problems + scan.problems)
+    _refuse(problems + _check_roles(scan, platforms, hosts, targets, inv_rel) + scan.problems)
     return Inventory(settings.env, inv_path, targets, scan.secrets)
