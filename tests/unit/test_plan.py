@@ -1,38 +1,13 @@
-"""The validator and the planner, driven by data files in tests/cases/ (one per case)."""
+"""The planner, driven by data files in tests/cases/ (one per case); the validator's cases
+run in test_inventory.py."""
 from pathlib import Path
 
 import pytest
 import yaml
 
-from gitops_ansible import inventory, plan
+from gitops_ansible import plan
 from gitops_ansible.store import EnvState
-from tests.conftest import CASES, copy_base, make_settings
-
-VALIDATION = sorted((CASES / "validation").glob("*.yml"))
-
-
-@pytest.mark.parametrize("case_file", VALIDATION, ids=[p.stem for p in VALIDATION])
-def test_validation_case(case_file: Path, tmp_path):
-    case = yaml.safe_load(case_file.read_text())
-    repo = copy_base(tmp_path / "repo")
-    for relative, text in (case.get("files") or {}).items():
-        target = repo / relative
-        if text is None:
-            target.unlink()
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
-    settings = make_settings(env=case.get("env", "dev"), state_dir=str(tmp_path / "state"))
-    if case.get("expect"):
-        with pytest.raises(inventory.Refused) as refused:
-            inventory.load(repo, settings)
-        problems = [str(p) for p in refused.value.problems]
-        for expected in case["expect"]:
-            assert any(expected in problem for problem in problems), (expected, problems)
-    else:
-        loaded = inventory.load(repo, settings)
-        assert loaded.by_platform() == case["platforms"]
-
+from tests.conftest import CASES
 
 DECIDE = yaml.safe_load((CASES / "decide.yml").read_text())
 

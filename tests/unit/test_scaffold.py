@@ -67,7 +67,7 @@ def test_init_writes_inventories_that_pass_validation(tmp_path, args, platform, 
         assert inv.by_platform() == {platform: [f"host-01.{env}.example.com",
                                                 f"host-02.{env}.example.com"]}
     site = yaml.safe_load((repo / "playbooks/site.yml").read_text())
-    assert site[0]["vars"]["gitops_platforms"] == sorted([platform, "local"])
+    # The platforms site.yml knows are the playbooks it imports (it derives its list).
     assert [p.get("ansible.builtin.import_playbook") for p in site[1:]] == [f"{platform}.yml",
                                                                            "local.yml"]
     assert f"role_name: {role}\n" in (repo / f"roles/{role}/meta/main.yml").read_text()
