@@ -598,7 +598,9 @@ class _Host:
     files: list[str]  # vars files of the host, highest precedence first; then the sources
 
 
-def _ansible_hosts(inv_path: Path, scan: Scan, password: bytes | None) -> list[_Host]:
+def _ansible_hosts(inv_path: Path, scan: Scan, password: bytes | None,
+                  limit: str | None = None) -> tuple[list[_Host], list[str] | None]:
+    """The hosts with their variables, and the names ``limit`` selects (None: no limit)."""
     from ansible.inventory.helpers import sort_groups
     from ansible.inventory.manager import InventoryManager
     from ansible.vars.manager import VariableManager
@@ -616,12 +618,63 @@ def _ansible_hosts(inv_path: Path, scan: Scan, password: bytes | None) -> list[_
             hosts.append(_Host(host.name, host.address or host.name,
                                variables.get_vars(host=host, include_hostvars=False),
                                [os.path.realpath(f) for f in files]))
+        limited = None
+        if limit and not limit.startswith("@"):  # @FILE: a list of hosts Ansible reads
+            limited = [h.name for h in manager.get_hosts(pattern=limit)]
     except Exception as exc:  # Ansible's parse errors come as its own exception types
         raise Refused([Problem(_rel(inv_path, scan.checkout), None,
                                f"inventory: {_one_line(exc)}")]) from None
     if not hosts:
         raise Refused([Problem(_rel(inv_path, scan.checkout), None, "inventory has no hosts")])
-    return hosts
+    return hosts, limited
+
+
+# Tags Ansible gives meaning to, whatever the tasks say.
+SPECIAL_TAGS = {"all", "always", "never", "tagged", "untagged"}
+
+
+def _tags_of(value, out: set[str]) -> None:
+    if isinstance(value, str):
+        out.update(t.strip() for t in value.split(",") if t.strip())
+    elif isinstance(value, list):
+        for item in value:
+            _tags_of(item, out)
+
+
+def _collect_tags(value, out: set[str]) -> None:
+    """Every value of a ``tags`` key in a play, block, task or role entry."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "tags":
+                _tags_of(item, out)
+            _collect_tags(item, out)
+    elif isinstance(value, list):
+        for item in value:
+            _collect_tags(item, out)
+
+
+def _check_selection(scan: Scan, settings, inv_rel: str, hosts: list[_Host],
+                     limited: list[str] | None, code_dirs: list[Path]) -> list[Problem]:
+    """--limit and --tags that select nothing are refused, naming what matched nothing."""
+    problems = []
+    if limited is not None and not limited:
+        problems.append(Problem("--limit", None, f"'{settings.limit}' matches no host of "
+                                f"{inv_rel} (hosts: {', '.join(sorted(h.name for h in hosts))})"))
+    if settings.tags:
+        wanted = {t.strip() for t in settings.tags.split(",") if t.strip()}
+        known: set[str] = set()
+        for real, data in scan.data.items():
+            if any(Path(real).is_relative_to(base) for base in code_dirs):
+                _collect_tags(data, known)
+        if not wanted:
+            problems.append(Problem("--tags", None, f"'{settings.tags}' names no tag"))
+        elif not any("{{" in tag or "{%" in tag for tag in known):  # templated: unknowable
+            unknown = sorted(wanted - known - SPECIAL_TAGS)
+            if unknown:
+                problems.append(Problem("--tags", None, f"{', '.join(map(repr, unknown))} "
+                                        "matches no task of the playbooks and roles (tags: "
+                                        f"{', '.join(sorted(known)) or 'none'})"))
+    return problems
 
 
 def _target(host: _Host, platforms: dict[str, Platform]) -> Target:
@@ -927,10 +980,12 @@ def load(checkout: Path, settings) -> Inventory:
     platforms, problems = _read_platforms(scan, settings.playbook)
     _refuse(problems + scan.problems
             + _outside_refs(scan, scan.refs[checked:], playbook_dir.resolve()))
-    hosts = _ansible_hosts(inv_path, scan, password)
+    hosts, limited = _ansible_hosts(inv_path, scan, password, settings.limit)
     targets = {host.name: _target(host, platforms) for host in hosts}
     inv_rel = f"{settings.inventory_dir}/{settings.env}"
     problems = _check_targets(targets, platforms, scan, settings.inventory_dir, settings.env)
+    problems += _check_selection(scan, settings, inv_rel, hosts, limited,
+                                 [playbook_dir.resolve(), (checkout / "roles").resolve()])
     problems += _type_problems(scan, hosts, _CONNECTION_OPTIONS, "a connection variable", inv_rel)
     _refuse(problems + _check_roles(scan, platforms, hosts, targets, inv_rel) + scan.problems)
     return Inventory(settings.env, inv_path, targets, scan.secrets)

@@ -8,7 +8,7 @@ A case file::
     files: {path: text}       # changes to the base repository (tests/cases/base); null removes
     links: {path: target}     # optional: symlinks in the repository
     settings: {key: value}    # optional: more settings (inventory_dir, vault_password_file)
-    seconds: 2                # optional: the most inventory.load may take
+    seconds: 30               # optional: the most inventory.load may take (a hang guard)
     expect: [words]           # refused: each must be in one problem
     platforms: {name: hosts}  # accepted: the targets by platform
 
