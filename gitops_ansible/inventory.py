@@ -3,11 +3,11 @@
 Everything here happens before any target is touched. A problem is reported with the
 file and line it comes from; ``Refused`` carries all problems found, not just the first.
 
-The order: the checkout is a boundary (the inventory, playbook and roles directories and
-every link in them resolve inside it), then every YAML file Ansible will read is parsed
-once (duplicate keys, alias expansion, tags, vault data) and served to Ansible's own
-inventory load from that parse, then the platforms and their roles are checked against
-the hosts' variables.
+The order: the checkout is a boundary (``boundary``: the inventory, playbook and roles
+directories and every link in them resolve inside it), then every YAML file Ansible will
+read is parsed once (``yamlscan``: duplicate keys, alias expansion, tags, vault data) and
+served to Ansible's own inventory load from that parse, then the platforms and their roles
+are checked against the hosts' variables, and --limit and --tags against what they select.
 
 The platform contract (what the orchestrator reads of a platform; nothing else of a
 platform is known to the Python here):
@@ -37,32 +37,15 @@ from pathlib import Path
 
 import yaml
 
-VAULT_HEADER = "$ANSIBLE_VAULT"
+from .boundary import checkout_files, files_inside, outside_refs, within
+from .problems import Problem, Refused, one_line, refuse, relative
+from .yamlscan import (YAML_ERRORS, Loader, Scan, kind_of, read_vault_password, scan_files,
+                       vault_lib, yaml_problem)
+
+
 CONNECTION_VARS = ("ansible_connection", "ansible_host", "ansible_port", "ansible_user",
                    "ansible_ssh_private_key_file", "ansible_ssh_common_args",
                    "ansible_ssh_extra_args")
-# Nodes that aliases may add to a document beyond those written: far above any real
-# inventory, far below what hangs a parser (a "billion laughs" document adds 10**9).
-MAX_ALIAS_NODES = 1_000_000
-
-
-@dataclass
-class Problem:
-    file: str
-    line: int | None
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.message}"
-
-
-class Refused(Exception):
-    """The revision cannot be converged: bad input, found before touching anything."""
-
-    def __init__(self, problems: list[Problem]):
-        self.problems = problems
-        super().__init__("; ".join(str(p) for p in problems))
 
 
 @dataclass
@@ -91,66 +74,6 @@ class Inventory:
         return {name: sorted(hosts) for name, hosts in sorted(groups.items())}
 
 
-def _refuse(problems: list[Problem]) -> None:
-    if problems:
-        raise Refused(problems)
-
-
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
-
-
-def _inside(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
-
-
-def _one_line(exc: Exception) -> str:
-    """The first line of an error (Ansible's carry the source below it)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
-
-
-# --- The checkout is a boundary ---------------------------------------------------------
-
-def _files(base: Path, checkout: Path, root: Path, problems: list[Problem]) -> list[Path]:
-    """Every file under ``base``, following links that stay inside the checkout (``root``,
-    resolved). A link that resolves outside is a problem, named with its target, and is
-    not followed: its target is never read."""
-    found, seen, todo = [], set(), [base]
-    while todo:
-        here = todo.pop()
-        real = here.resolve()
-        if real in seen:  # a link back into a directory already walked
-            continue
-        seen.add(real)
-        try:
-            entries = sorted(os.scandir(here), key=lambda entry: entry.name)
-        except OSError as exc:
-            problems.append(Problem(_rel(here, checkout), None, f"cannot read: {exc.strerror}"))
-            continue
-        for entry in entries:
-            path = Path(entry.path)
-            if entry.is_symlink() and not _inside(path.resolve(), root):
-                problems.append(Problem(_rel(path, checkout), None,
-                                        f"symlink to '{os.readlink(path)}' resolves outside "
-                                        f"the checkout ({path.resolve()})"))
-            elif entry.is_dir():
-                todo.append(path)
-            elif entry.is_file():
-                found.append(path)
-    return sorted(found)
-
-
-def _within(path: Path, checkout: Path, root: Path, what: str) -> list[Problem]:
-    real = path.resolve()
-    if _inside(real, root):
-        return []
-    return [Problem(_rel(path, checkout), None, f"{what} resolves outside the checkout ({real})")]
-
-
 def environments(checkout: Path, inventory_dir: str) -> list[str]:
     base = checkout / inventory_dir
     return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
@@ -159,322 +82,14 @@ def environments(checkout: Path, inventory_dir: str) -> list[str]:
 def _environment(checkout: Path, root: Path, settings) -> Path:
     """The environment's inventory directory, inside the checkout, or ``Refused``."""
     inv_rel, env = settings.inventory_dir, settings.env
-    _refuse(_within(checkout / inv_rel, checkout, root, "the inventory directory"))
+    refuse(within(checkout / inv_rel, checkout, root, "the inventory directory"))
     inv_path = checkout / inv_rel / env
     if not inv_path.is_dir():
         known = ", ".join(environments(checkout, inv_rel)) or "none"
         raise Refused([Problem(f"{inv_rel}/{env}", None,
                                f"environment '{env}' does not exist (environments: {known})")])
-    _refuse(_within(inv_path, checkout, root, f"environment '{env}'"))
+    refuse(within(inv_path, checkout, root, f"environment '{env}'"))
     return inv_path
-
-
-# Keys whose static value names a file Ansible reads, or a role (a path when it has a /).
-_FILE_KEYS = ("import_playbook", "include_vars", "vars_files", "include_tasks", "import_tasks")
-_ROLE_KEYS = ("roles", "include_role", "import_role", "dependencies")
-_REF_KEYS = {prefix + key for key in _FILE_KEYS + _ROLE_KEYS
-             for prefix in ("", "ansible.builtin.")}
-_REF_FIELDS = ("file", "dir", "name", "role", "tasks_from", "vars_from", "defaults_from",
-               "handlers_from")
-
-
-def _ref_values(node) -> list[yaml.ScalarNode]:
-    """The scalars of a reference: `x`, `[x, {role: y}]`, `{file: x}`,
-    `{name: r, tasks_from: t}`."""
-    if isinstance(node, yaml.ScalarNode):
-        return [node]
-    if isinstance(node, yaml.SequenceNode):
-        return [scalar for item in node.value for scalar in _ref_values(item)]
-    if isinstance(node, yaml.MappingNode):
-        return [value for key, value in node.value if isinstance(value, yaml.ScalarNode)
-                and isinstance(key, yaml.ScalarNode) and key.value in _REF_FIELDS]
-    return []
-
-
-def _outside_refs(scan: Scan, refs: list, playbook_dir: Path) -> list[Problem]:
-    """Static paths in playbooks and roles (import_playbook, include_vars, vars_files,
-    include/import_tasks, role paths) that resolve outside the checkout from any of the
-    directories Ansible searches."""
-    problems = []
-    for rel, line, key, value, path in refs:
-        is_role = key.rsplit(".", 1)[-1] in _ROLE_KEYS
-        if "{{" in value or "{%" in value or (is_role and "/" not in value):
-            continue
-        bases = [path.parent, playbook_dir, scan.root / "roles"]
-        parts = path.relative_to(scan.root).parts
-        if parts[0] == "roles" and len(parts) > 2:
-            bases.append(scan.root / "roles" / parts[1])
-        for base in bases:
-            target = (base / value).resolve()
-            if not _inside(target, scan.root):
-                problems.append(Problem(rel, line, f"{key} '{value}' resolves outside the "
-                                                   f"checkout ({target})"))
-                break
-    return problems
-
-
-# --- YAML: every file parsed once -------------------------------------------------------
-
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
-    """Safe YAML (libyaml when present: several times faster) with Ansible's own tags:
-    !unsafe (the value as written) and !vault (decrypted by the scan)."""
-
-    scan: Scan
-    rel: str
-
-
-def _construct_unsafe(loader: _Loader, node):
-    plain = copy.copy(node)
-    plain.tag = loader.resolve(type(node), node.value, (True, False))
-    return loader.construct_object(plain, deep=True)
-
-
-def _construct_vault(loader: _Loader, node):
-    if not isinstance(node, yaml.ScalarNode):
-        raise yaml.constructor.ConstructorError(None, None, f"the {node.tag} tag requires a "
-                                                "string value", node.start_mark)
-    return loader.scan.vault_value(loader.rel, node.start_mark.line + 1, node.value)
-
-
-_Loader.add_constructor("!unsafe", _construct_unsafe)
-_Loader.add_constructor("!vault", _construct_vault)
-_Loader.add_constructor("!vault-encrypted", _construct_vault)
-
-
-class _Bad(Exception):
-    def __init__(self, line: int, message: str):
-        self.line, self.message = line, message
-
-
-# What bad YAML raises: PyYAML's errors, and the constructors' own (`!!int x`, `!!float y`).
-_YAML_ERRORS = (yaml.YAMLError, RecursionError, ValueError, TypeError)
-
-
-def _yaml_problem(rel: str, exc: Exception) -> Problem:
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    if isinstance(exc, yaml.MarkedYAMLError):
-        detail = " ".join(str(part) for part in (exc.context, exc.problem) if part)
-    else:
-        detail = _one_line(exc)
-    return Problem(rel, mark.line + 1 if mark else None, f"invalid YAML: {detail}")
-
-
-def _children(node) -> list:
-    if isinstance(node, yaml.MappingNode):
-        return [part for pair in node.value for part in pair]
-    return node.value if isinstance(node, yaml.SequenceNode) else []
-
-
-def _kind(value) -> str:
-    if isinstance(value, (dict, yaml.MappingNode)):
-        return "a mapping"
-    if isinstance(value, (list, yaml.SequenceNode)):
-        return "a list"
-    if isinstance(value, yaml.ScalarNode):
-        return "a single value"
-    for kind, name in ((str, "a string"), (bool, "a boolean"), (int, "an integer"),
-                       (float, "a number")):  # Ansible's tagged values are subclasses
-        if isinstance(value, kind):
-            return name
-    return f"a {type(value).__name__}"
-
-
-def _read_by_ansible(parts: tuple[str, ...]) -> bool:
-    """Whether Ansible parses this file as YAML: *.yml/*.yaml, and extension-less files in
-    *_vars/. A role's templates/ and files/ are data for the targets, not YAML for Ansible."""
-    dirs, name = parts[:-1], parts[-1]
-    if any(d in ("templates", "files") for d in dirs):
-        return False
-    in_vars = any(d.endswith("_vars") for d in dirs[-2:])
-    return name.endswith((".yml", ".yaml")) or (in_vars and "." not in name)
-
-
-def _is_vars_file(parts: tuple[str, ...]) -> bool:
-    """group_vars/ and host_vars/ files (a file, or the files of a directory per name)."""
-    return any(d in ("group_vars", "host_vars") for d in parts[-3:-1])
-
-
-_VARS_SHAPE = "a vars file must be a mapping of variable names to values"
-_INVENTORY_SHAPE = "an inventory file must be a mapping of groups (all: hosts: ...)"
-
-
-def _names_paths(parts: tuple[str, ...], in_inventory: bool) -> bool:
-    """Playbooks and role tasks, handlers and meta: where import_playbook, include_vars,
-    role paths... are written (not the inventory, not vars files: a variable may be named
-    `roles`)."""
-    role_vars = parts[0] == "roles" and len(parts) > 3 and parts[2] in ("vars", "defaults")
-    return not (in_inventory or role_vars or _is_vars_file(parts))
-
-
-class Scan:
-    """Every YAML file Ansible will read, parsed once: syntax, duplicate keys, alias
-    expansion, the shape of vars files, where `platform` is set, the static paths the
-    playbooks and roles name, and vault data (decrypted: its plain texts are secrets)."""
-
-    def __init__(self, checkout: Path, root: Path, vault):
-        self.checkout, self.root, self.vault = checkout, root, vault
-        self.problems: list[Problem] = []
-        self.data: dict[str, object] = {}  # real path -> what the file holds
-        self.lines: dict[str, dict[str, int]] = {}  # real path -> {top-level key: line}
-        self.platform_marks: dict[str, list[tuple[str, int]]] = {}
-        self.refs: list[tuple[str, int, str, str, Path]] = []  # file, line, key, value, path
-        self.secrets: set[str] = set()
-        self._vault_problem: set[str] = set()
-
-    def load(self, path: Path):
-        """What ``path`` holds (parsed now if not yet); None when empty or refused."""
-        real = str(path.resolve())
-        if real not in self.data and path.is_file():
-            self.file(path, shape=None, refs=True)
-        return self.data.get(real)
-
-    def file(self, path: Path, shape: str | None, refs: bool) -> None:
-        """Parse one file. ``shape``: what the file must be when it must be a mapping (a
-        vars file, an inventory file); ``refs``: collect the static paths it names
-        (playbooks, role tasks and meta)."""
-        rel, real = _rel(path, self.checkout), str(path.resolve())
-        if real in self.data:
-            return
-        try:
-            text = path.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            self.problems.append(Problem(rel, None, f"cannot read: {exc}"))
-            return
-        decrypted = text.startswith(VAULT_HEADER)
-        if decrypted:
-            text = self._decrypt(rel, None, text)
-            if text is None:
-                return
-        try:
-            self.data[real] = self._parse(text, rel, real, shape, refs)
-        except _Bad as bad:
-            problem = Problem(rel, bad.line, bad.message)
-        except _YAML_ERRORS as exc:
-            problem = _yaml_problem(rel, exc)
-        else:
-            if decrypted:
-                _leaf_strings(self.data[real], self.secrets)
-            return
-        if decrypted:  # the line is one of the plain text
-            problem.message = f"after decryption: {problem.message}"
-        self.problems.append(problem)
-
-    def _parse(self, text: str, rel: str, real: str, shape: str | None, refs: bool):
-        loader = _Loader(text)
-        loader.scan, loader.rel = self, rel
-        try:
-            node = loader.get_single_node()
-            if node is None:
-                return None
-            self._walk(node, rel, real, refs)
-            if shape and not isinstance(node, yaml.MappingNode):
-                raise _Bad(node.start_mark.line + 1, f"{shape}, not {_kind(node)}")
-            if isinstance(node, yaml.MappingNode):
-                self.lines[real] = {k.value: k.start_mark.line + 1 for k, _ in node.value
-                                    if isinstance(k, yaml.ScalarNode)}
-            return loader.construct_document(node)
-        finally:
-            loader.dispose()
-
-    def _walk(self, root, rel: str, real: str, refs: bool) -> None:
-        """One pass over the node graph: duplicate keys, `platform` and path references at
-        each mapping; the size each node has once aliases are expanded, refused beyond
-        MAX_ALIAS_NODES more than the document's written nodes, and aliases into
-        themselves."""
-        sizes: dict[int, int] = {}
-        open_nodes: set[int] = set()
-        written, todo = 0, [(root, False)]
-        while todo:
-            node, done = todo.pop()
-            if done:
-                open_nodes.discard(id(node))
-                size = sizes[id(node)] = 1 + sum(sizes.get(id(c), 1) for c in _children(node))
-                if size - written > MAX_ALIAS_NODES:
-                    raise _Bad(node.start_mark.line + 1, f"aliases expand this value to more "
-                               f"than {MAX_ALIAS_NODES} nodes (an alias bomb?)")
-                continue
-            if id(node) in open_nodes:
-                raise _Bad(node.start_mark.line + 1, "an alias refers to a value that "
-                           "contains it (a recursive structure)")
-            if id(node) in sizes:  # an alias of a value already walked
-                continue
-            written += 1
-            if isinstance(node, yaml.ScalarNode):
-                continue
-            open_nodes.add(id(node))
-            todo.append((node, True))
-            if isinstance(node, yaml.MappingNode):
-                self._pairs(node, rel, real, refs)
-            todo.extend((child, False) for child in reversed(_children(node)))
-
-    def _pairs(self, node: yaml.MappingNode, rel: str, real: str, refs: bool) -> None:
-        seen: dict[tuple, int] = {}
-        for key, value in node.value:
-            if not isinstance(key, yaml.ScalarNode) or key.value == "<<":
-                continue
-            line = key.start_mark.line + 1
-            if (key.tag, key.value) in seen:
-                raise _Bad(line, f"duplicate key '{key.value}' (first at line "
-                                 f"{seen[key.tag, key.value]})")
-            seen[key.tag, key.value] = line
-            if key.value == "platform" and isinstance(value, yaml.ScalarNode):
-                self.platform_marks.setdefault(value.value, []).append((rel, line))
-            if refs and key.value in _REF_KEYS:
-                for scalar in _ref_values(value):
-                    self.refs.append((rel, scalar.start_mark.line + 1, key.value,
-                                      scalar.value, Path(real)))
-
-    def vault_value(self, rel: str, line: int, ciphertext: str) -> str:
-        return self._decrypt(rel, line, ciphertext) or ciphertext
-
-    def _decrypt(self, rel: str, line: int | None, ciphertext: str) -> str | None:
-        if self.vault is None:
-            if rel not in self._vault_problem:
-                self._vault_problem.add(rel)
-                self.problems.append(Problem(rel, line, "vault-encrypted data but no "
-                                             "vault_password_file is configured"))
-            return None
-        try:
-            plain = self.vault.decrypt(ciphertext.encode()).decode()
-        except Exception as exc:  # wrong password, corrupt data: ansible raises its own types
-            self.problems.append(Problem(rel, line, f"cannot decrypt vault data: "
-                                                    f"{_one_line(exc)}"))
-            return None
-        if line is not None:
-            _leaf_strings(plain, self.secrets)
-        return plain
-
-
-def _leaf_strings(value, out: set[str]) -> None:
-    if isinstance(value, dict):
-        for item in value.values():
-            _leaf_strings(item, out)
-    elif isinstance(value, list):
-        for item in value:
-            _leaf_strings(item, out)
-    elif isinstance(value, str) and len(value.strip()) >= 4:
-        out.add(value)
-        out.update(line for line in value.splitlines() if len(line.strip()) >= 4)
-
-
-def _read_vault_password(settings, checkout: Path) -> bytes | None:
-    if not settings.vault_password_file:
-        return None
-    path = Path(settings.vault_password_file).expanduser()
-    path = path if path.is_absolute() else checkout / path
-    try:
-        return path.read_bytes().strip()
-    except OSError as exc:
-        raise Refused([Problem(str(path), None, f"vault_password_file: cannot read: "
-                               f"{exc.strerror}")]) from None
-
-
-def _vault(password: bytes | None):
-    if password is None:
-        return None
-    from ansible.parsing.vault import VaultLib, VaultSecret
-
-    return VaultLib([("default", VaultSecret(password))])
 
 
 def _line_of(path: Path, needle: str) -> int | None:
@@ -507,12 +122,12 @@ _PLAY_LISTS = ("roles", "pre_tasks", "tasks", "post_tasks")
 
 def _plays(scan: Scan, path: Path) -> tuple[list[dict], list[Problem]]:
     """The plays of a playbook; one whose roles or tasks are not a list is a problem."""
-    data, rel = scan.load(path), _rel(path, scan.checkout)
+    data, rel = scan.load(path), relative(path, scan.checkout)
     if data is not None and not isinstance(data, list):
-        return [], [Problem(rel, None, f"a playbook must be a list of plays, not {_kind(data)}")]
+        return [], [Problem(rel, None, f"a playbook must be a list of plays, not {kind_of(data)}")]
     plays = [p for p in data or [] if isinstance(p, dict)]
     problems = [Problem(rel, None, f"play {number} ('{play.get('name', '')}'): '{key}' must be "
-                                   f"a list, not {_kind(play[key])}")
+                                   f"a list, not {kind_of(play[key])}")
                 for number, play in enumerate(plays, 1) for key in _PLAY_LISTS
                 if play.get(key) is not None and not isinstance(play[key], list)]
     return plays, problems
@@ -622,10 +237,10 @@ def _ansible_hosts(inv_path: Path, scan: Scan, password: bytes | None,
         if limit and not limit.startswith("@"):  # @FILE: a list of hosts Ansible reads
             limited = [h.name for h in manager.get_hosts(pattern=limit)]
     except Exception as exc:  # Ansible's parse errors come as its own exception types
-        raise Refused([Problem(_rel(inv_path, scan.checkout), None,
-                               f"inventory: {_one_line(exc)}")]) from None
+        raise Refused([Problem(relative(inv_path, scan.checkout), None,
+                               f"inventory: {one_line(exc)}")]) from None
     if not hosts:
-        raise Refused([Problem(_rel(inv_path, scan.checkout), None, "inventory has no hosts")])
+        raise Refused([Problem(relative(inv_path, scan.checkout), None, "inventory has no hosts")])
     return hosts, limited
 
 
@@ -714,17 +329,17 @@ def _options(scan: Scan, spec: Path) -> tuple[dict, list[Problem]]:
         if data is None:
             break
         if not isinstance(data, dict):
-            return {}, [Problem(_rel(spec, scan.checkout), None,
+            return {}, [Problem(relative(spec, scan.checkout), None,
                                 f"expected a mapping above '{key}' (argument_specs: main: "
-                                f"options: ...), not {_kind(data)}")]
+                                f"options: ...), not {kind_of(data)}")]
         data = options = data.get(key)
     if not isinstance(options, (dict, type(None))):
-        return {}, [Problem(_rel(spec, scan.checkout), _line_of(spec, "options:"),
+        return {}, [Problem(relative(spec, scan.checkout), _line_of(spec, "options:"),
                             f"argument_specs: main: options: must be a mapping, not "
-                            f"{_kind(options)}")]
+                            f"{kind_of(options)}")]
     wrong = [name for name, option in (options or {}).items() if not isinstance(option, dict)]
     if wrong:
-        return {}, [Problem(_rel(spec, scan.checkout), _line_of(spec, f"{wrong[0]}:"),
+        return {}, [Problem(relative(spec, scan.checkout), _line_of(spec, f"{wrong[0]}:"),
                             f"option '{wrong[0]}' must be a mapping (type, default...)")]
     return options or {}, []
 
@@ -756,7 +371,7 @@ def _mismatch(value, option: dict) -> str | None:
             raise TypeError(kind)
         converted = convert(value)
     except (TypeError, ValueError):
-        return f"must be {expected}, not {_kind(value)}"
+        return f"must be {expected}, not {kind_of(value)}"
     sub = option.get("options") if isinstance(option.get("options"), dict) else {}
     parts = []
     if kind == "list" and elements:
@@ -780,7 +395,7 @@ def _where(scan: Scan, host: _Host, var: str, inv_rel: str) -> tuple[str, int | 
             _line_of(Path(real), f"{var}:") if Path(real).parent.name not in
             ("group_vars", "host_vars") else None)
         if line:
-            return _rel(Path(real), scan.root), line
+            return relative(Path(real), scan.root), line
     return inv_rel, None
 
 
@@ -809,7 +424,7 @@ def _role_problems(scan: Scan, hosts: list[_Host], role: str, inv_rel: str) -> l
     """Required variables that hosts lack, and variables whose type is not the spec's."""
     spec = scan.checkout / "roles" / role / "meta" / "argument_specs.yml"
     options, problems = _options(scan, spec)
-    spec_rel = _rel(spec, scan.checkout)
+    spec_rel = relative(spec, scan.checkout)
     for var, option in options.items():
         missing = sorted(h.name for h in hosts if var not in h.values)
         if option.get("required") and "default" not in option and missing:
@@ -826,7 +441,7 @@ def _check_roles(scan: Scan, platforms, hosts: list[_Host], targets, inv_rel) ->
         members = [h for h in hosts if targets[h.name].platform == platform]
         for role in dict.fromkeys(known.roles):
             if not (scan.checkout / "roles" / role / "tasks").is_dir():
-                problems.append(Problem(_rel(known.playbook, scan.checkout),
+                problems.append(Problem(relative(known.playbook, scan.checkout),
                                         _line_of(known.playbook, role),
                                         f"role '{role}' not found (no roles/{role}/tasks)"))
                 continue
@@ -848,7 +463,7 @@ _HOSTNAME_VAR = re.compile(r"{{\s*inventory_hostname\s*}}")
 def _file_checks(scan: Scan, role: str) -> tuple[list[dict], list[Problem]]:
     path = scan.checkout / "roles" / role / "meta" / "gitops.yml"
     data = scan.load(path) if path.is_file() else None
-    rel = _rel(path, scan.checkout)
+    rel = relative(path, scan.checkout)
     if data is None:
         return [], []
     if not isinstance(data, dict) or set(data) - {"file_checks"} \
@@ -901,16 +516,16 @@ def _check_role_files(scan: Scan, role: str, hosts: list[_Host]) -> list[Problem
         for host in sorted(hosts, key=lambda h: h.name):
             for rel in _dirs(host, check["dirs_var"], defaults):
                 base, what = scan.checkout / rel, f"host '{host.name}': {check['what']} directory"
-                outside = _within(base, scan.checkout, scan.root, what)
+                outside = within(base, scan.checkout, scan.root, what)
                 if not outside and not base.is_dir():
                     outside = [Problem(rel, None, f"{what} not found")]
                 if outside:
                     problems += outside
                     continue
-                for path in _files(base, scan.checkout, scan.root, problems):
+                for path in files_inside(base, scan.checkout, scan.root, problems):
                     if path.suffix in (".yml", ".yaml") and path not in seen:
                         seen.add(path)
-                        problems += _check_documents(path, _rel(path, scan.checkout),
+                        problems += _check_documents(path, relative(path, scan.checkout),
                                                      check["documents_require"])
     return problems
 
@@ -924,7 +539,7 @@ def _check_documents(path: Path, rel: str, required: list) -> list[Problem]:
         return []
     problems = []
     try:
-        for number, doc in enumerate(yaml.compose_all(text, Loader=_Loader), 1):
+        for number, doc in enumerate(yaml.compose_all(text, Loader=Loader), 1):
             if doc is None:
                 continue
             line = doc.start_mark.line + 1
@@ -937,34 +552,9 @@ def _check_documents(path: Path, rel: str, required: list) -> list[Problem]:
             if missing:
                 problems.append(Problem(rel, line, f"document {number}: no "
                                         f"{' and no '.join(missing)}"))
-    except _YAML_ERRORS as exc:
-        problems.append(_yaml_problem(rel, exc))
+    except YAML_ERRORS as exc:
+        problems.append(yaml_problem(rel, exc))
     return problems
-
-
-# --- The entry point --------------------------------------------------------------------
-
-def _checkout_files(checkout: Path, root: Path, bases: list[Path]) -> list[Path]:
-    """The files of the inventory, playbook and roles directories, or ``Refused`` (before
-    any file is read: a link leading outside is never followed)."""
-    problems = [p for base in bases[1:] for p in _within(base, checkout, root, "the directory")]
-    problems += _within(checkout / "ansible.cfg", checkout, root, "the run's Ansible settings")
-    _refuse(problems)
-    files = [path for base in bases if base.is_dir()
-             for path in _files(base, checkout, root, problems)]
-    _refuse(problems)
-    return files
-
-
-def _scan(checkout: Path, root: Path, inv_path: Path, files: list[Path], vault) -> Scan:
-    scan = Scan(checkout, root, vault)
-    for path in files:
-        parts = path.relative_to(checkout).parts
-        if _read_by_ansible(parts):
-            shape = _VARS_SHAPE if _is_vars_file(parts) else \
-                _INVENTORY_SHAPE if path.parent == inv_path else None
-            scan.file(path, shape, _names_paths(parts, inv_path in path.parents))
-    return scan
 
 
 def load(checkout: Path, settings) -> Inventory:
@@ -972,14 +562,14 @@ def load(checkout: Path, settings) -> Inventory:
     root = checkout.resolve()
     inv_path = _environment(checkout, root, settings)
     playbook_dir = (checkout / settings.playbook).parent
-    files = _checkout_files(checkout, root, [inv_path, playbook_dir, checkout / "roles"])
-    password = _read_vault_password(settings, checkout)
-    scan = _scan(checkout, root, inv_path, files, _vault(password))
-    _refuse(scan.problems + _outside_refs(scan, scan.refs, playbook_dir.resolve()))
+    files = checkout_files(checkout, root, [inv_path, playbook_dir, checkout / "roles"])
+    password = read_vault_password(settings, checkout)
+    scan = scan_files(checkout, root, inv_path, files, vault_lib(password))
+    refuse(scan.problems + outside_refs(scan, scan.refs, playbook_dir.resolve()))
     checked = len(scan.refs)  # the platform playbooks may be read only now
     platforms, problems = _read_platforms(scan, settings.playbook)
-    _refuse(problems + scan.problems
-            + _outside_refs(scan, scan.refs[checked:], playbook_dir.resolve()))
+    refuse(problems + scan.problems
+            + outside_refs(scan, scan.refs[checked:], playbook_dir.resolve()))
     hosts, limited = _ansible_hosts(inv_path, scan, password, settings.limit)
     targets = {host.name: _target(host, platforms) for host in hosts}
     inv_rel = f"{settings.inventory_dir}/{settings.env}"
@@ -987,5 +577,5 @@ def load(checkout: Path, settings) -> Inventory:
     problems += _check_selection(scan, settings, inv_rel, hosts, limited,
                                  [playbook_dir.resolve(), (checkout / "roles").resolve()])
     problems += _type_problems(scan, hosts, _CONNECTION_OPTIONS, "a connection variable", inv_rel)
-    _refuse(problems + _check_roles(scan, platforms, hosts, targets, inv_rel) + scan.problems)
+    refuse(problems + _check_roles(scan, platforms, hosts, targets, inv_rel) + scan.problems)
     return Inventory(settings.env, inv_path, targets, scan.secrets)

@@ -1,0 +1,46 @@
+"""Problems with the input, found before any target is touched.
+
+A ``Problem`` names the file (and line, when known) it comes from; ``Refused`` carries
+every problem found, not just the first.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Problem:
+    file: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.message}"
+
+
+class Refused(Exception):
+    """The revision cannot be converged: bad input, found before touching anything."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
+
+
+def refuse(problems: list[Problem]) -> None:
+    if problems:
+        raise Refused(problems)
+
+
+def relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def one_line(exc: Exception) -> str:
+    """The first line of an error (Ansible's carry the source below it)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
