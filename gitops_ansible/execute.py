@@ -123,7 +123,10 @@ def runner_env(plan, run_id: str) -> dict:
     bin_dir = str(Path(sys.executable).parent)
     env = {"PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), RUN_ID_VAR: run_id,
            "ANSIBLE_RETRY_FILES_ENABLED": "False", "ANSIBLE_NOCOLOR": "True",
-           "ANSIBLE_FORCE_COLOR": "False"}
+           "ANSIBLE_FORCE_COLOR": "False",
+           # The validation refuses duplicate keys; so does the run, whatever ansible.cfg says
+           # (a file the validation did not see, a checkout without ansible.cfg).
+           "ANSIBLE_DUPLICATE_YAML_DICT_KEY": "error"}
     config = plan.checkout / "ansible.cfg"
     if config.is_file():
         env["ANSIBLE_CONFIG"] = str(config)
