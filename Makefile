@@ -59,17 +59,17 @@ test-compat:
 	  "tests/integration/test_pull.py::test_run_converges_then_nothing_to_do_then_new_commit"
 
 vm-assets: system venv  ## build the cached guest image for the vm tests (once per machine, 5-7 min)
-	$(PY) -m tests.lab.guest build
+	$(PY) -m lab.guest build
 
 demo: system venv collections  ## converge the built-in example (inventories/local) on 3 bare hosts
-	$(PY) -m tests.lab.demo
+	$(PY) -m lab.demo
 
 demo-down:  ## stop the demo hosts
-	$(PY) -m tests.lab down --dir /var/tmp/gitops-ansible-demo
+	$(PY) -m lab down --dir /var/tmp/gitops-ansible-demo
 
 clean:
 	rm -rf $(VENV) .venv-compat *.egg-info
 
 .PHONY: kube-assets
 kube-assets: venv  ## build the cached Kubernetes binaries for the tests (once per machine, ~37 min)
-	$(PY) -m tests.lab.kube build
+	$(PY) -m lab.kube build

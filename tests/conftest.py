@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from gitops_ansible import config
-from tests.lab.fixtures import host_lab, lab_rootfs  # noqa: F401  (pytest fixtures)
-from tests.lab.gitserver import GitServers
+from lab.gitserver import GitServers
+
+# The lab's fixtures (host_lab, lab_rootfs, vm_lab, kube_assets, kube_cluster) for every test.
+pytest_plugins = ["lab.fixtures"]
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = Path(__file__).resolve().parent / "cases"
@@ -106,7 +108,7 @@ def copy_base(dest: Path) -> Path:
 def local_estate(git_servers, tmp_path: Path, name: str, **group_vars):
     """A served repository holding the base example with two `local` targets, alpha and
     beta, that write their greeting into ``tree.out``."""
-    from tests.lab.gitserver import WorkTree
+    from lab.gitserver import WorkTree
 
     name = name.replace("[", "-").replace("]", "")
     bare = git_servers.create(name)

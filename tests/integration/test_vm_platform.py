@@ -1,5 +1,5 @@
 """The `vm` platform end to end on a local hypervisor (the lab's libvirtd, guest image and
-key; tests/lab/libvirt.py).
+key; lab/libvirt.py).
 
 One VM for the module, driven by commits and `gitops-ansible run` in an environment that
 also holds the lab's bare hosts: converge (define, start, SSH, guest roles), an unchanged
@@ -17,8 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, events, roles_by_host
-from tests.lab.fixtures import vm_lab  # noqa: F401  (pytest fixture)
-from tests.lab.libvirt import free_port, qemu_pid
+from lab.libvirt import free_port, qemu_pid
 
 pytestmark = pytest.mark.vm
 NS = "https://gitops-ansible.dev/xmlns/vm/1"
@@ -132,7 +131,7 @@ def dominfo(lab, name: str) -> dict[str, str]:
 
 @pytest.mark.baremetal
 def test_a_vm_from_git_beside_bare_hosts(cli, git_servers, host_lab, vm_lab, tmp_path,
-                                          request):  # noqa: F811
+                                          request):
     """Commit by commit, as a user drives it: declare, rerun, change memory (pending, then
     restart), remove (orphaned), prune. The first commit mixes the VM with the lab's bare
     hosts, each with its platform's roles."""

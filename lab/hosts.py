@@ -19,12 +19,12 @@ this machine's kernel. apt in the hosts uses the proxy (aptproxy.py) on SUBNET.1
 
 WORKDIR keeps: id_ed25519 (client key, authorized for root everywhere), known_hosts,
 hosts/NAME/ssh_host_ed25519_key (kept across start/stop/reset), hosts/NAME/sshd.log,
-aptproxy.log, lab.json (what `python -m tests.lab down` needs). Processes, mounts and links
+aptproxy.log, lab.json (what `python -m lab down` needs). Processes, mounts and links
 carry the prefix (command-line tag gitops-lab:PREFIX:..., overlay source gitops-lab-PREFIX,
 interface and netns names PREFIX-...), so start() first removes whatever a crashed run with
 the same prefix left, and stop() removes all of it again. One lab per prefix at a time: the
 process that started a lab holds a lock on its prefix (another start() with that prefix
-waits), except `python -m tests.lab up`, whose hosts outlive it (a later `up` replaces them).
+waits), except `python -m lab up`, whose hosts outlive it (a later `up` replaces them).
 
 start() gives every host a fresh (empty) upper layer. stop_host/start_host: the host's
 processes die (SSH: connection refused) and come back with its filesystem kept, like a power
@@ -244,7 +244,7 @@ class HostLab:
     def _take_lock(self) -> None:
         """Hold /run/lock/gitops-ansible-lab-PREFIX.lock while this process runs the lab, so a
         second test session with the same prefix waits instead of taking the first one's
-        hosts for a crashed run's leftovers. (`python -m tests.lab up` lets go when it exits.)"""
+        hosts for a crashed run's leftovers. (`python -m lab up` lets go when it exits.)"""
         lock_dir = Path("/run/lock") if Path("/run/lock").is_dir() else Path(tempfile.gettempdir())
         self._lock = open(lock_dir / f"gitops-ansible-lab-{self.prefix}.lock", "w")
         deadline = time.monotonic() + LOCK_WAIT
@@ -331,7 +331,7 @@ class HostLab:
         self._popen(name, argv, self._dir(name) / "sshd.log")
 
     def _popen(self, key: str, argv: list[str], log_path: Path) -> None:
-        with open(log_path, "ab") as log:  # own session: the lab outlives `python -m tests.lab up`
+        with open(log_path, "ab") as log:  # own session: the lab outlives `python -m lab up`
             self._procs[key] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                                 stderr=subprocess.STDOUT, start_new_session=True)
 

@@ -1,6 +1,6 @@
-"""pytest fixtures for the host lab; a conftest imports them:
+"""pytest fixtures for the lab; a conftest loads them as a plugin:
 
-    from tests.lab.fixtures import host_lab, lab_rootfs  # noqa: F401
+    pytest_plugins = ["lab.fixtures"]
 
 lab_rootfs  (session) Path of the cached debootstrap rootfs (built on first use, ~1 min)
 host_lab    (session) a started HostLab: hosts web-1, web-2, db-1 (198.18.0.11-13), prefix

@@ -2,7 +2,7 @@
 
     image = ensure_guest_image(cache_dir=None)    # GuestImage: .base .kernel .initrd .cmdline
     make_seed(path, hostname, authorized_keys, host_key=None)
-    python -m tests.lab.guest build               # prebuild (make vm-assets); prints the paths
+    python -m lab.guest build               # prebuild (make vm-assets); prints the paths
 
 Built once per machine in CACHE/GUEST_KEY/ (CACHE = $GITOPS_LAB_CACHE or
 /var/cache/gitops-ansible-lab; outside the repository): base.qcow2, vmlinuz, initrd.img,
@@ -264,7 +264,7 @@ def _run_checked(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.lab.guest",
+    parser = argparse.ArgumentParser(prog="python -m lab.guest",
                                      description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build the cached guest image unless it exists")
