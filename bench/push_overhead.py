@@ -30,8 +30,8 @@ from common import ROOT, VENV_BIN, alternate, bench_env, expect, measure, parse_
     report, summarize
 
 sys.path.insert(0, str(ROOT))
-from tests.integration.test_baremetal import VAULT, lab_inventory  # noqa: E402
 from lab.hosts import HostLab, unavailable_reason  # noqa: E402
+from tests.integration.test_baremetal import VAULT, lab_inventory  # noqa: E402
 
 GOAL = 1.05
 HOSTS = ["web-1", "web-2", "db-1"]

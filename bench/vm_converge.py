@@ -40,7 +40,8 @@ import yaml
 from common import ROOT, VENV_BIN, bench_env, parse_args
 
 sys.path.insert(0, str(ROOT))
-from lab.libvirt import VmLab, free_port, wait_ssh  # noqa: E402
+from lab.libvirt import VmLab, wait_ssh  # noqa: E402
+from lab.system import free_port  # noqa: E402
 
 GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost",
        "-c", "commit.gpgsign=false"]

@@ -55,7 +55,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -64,7 +63,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .rootfs import cache_root
+from .cache import cache_root
+from .system import free_ports
 
 KUBE_VERSION = "v1.34.4"       # k8s.io/kubernetes; the staging modules k8s.io/* at v0.34.4
 ETCD_VERSION = "v3.6.16"       # go.etcd.io/etcd/server/v3
@@ -369,19 +369,6 @@ def _pki(directory: Path, name: str) -> dict[str, Path]:
 # ---------------------------------------------------------------------------------------------
 # clusters
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     os.setsid()
     try:
@@ -444,7 +431,7 @@ class KubeCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.pki = _pki(self.workdir / "pki", self.name)
         for attempt in range(3):  # a free port can be taken between probe and bind
-            etcd_port, peer_port, api_port, sched_port = _free_ports(4)
+            etcd_port, peer_port, api_port, sched_port = free_ports(4)
             self.server = f"https://127.0.0.1:{api_port}"
             write_kubeconfig(self.kubeconfig, [self])
             shutil.rmtree(self.workdir / "etcd", ignore_errors=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gitops_ansible import config
-from lab.gitserver import GitServers
+from lab.gitserver import GitServers, WorkTree
 
 # The lab's fixtures (host_lab, lab_rootfs, vm_lab, kube_assets, kube_cluster) for every test.
 pytest_plugins = ["lab.fixtures"]
@@ -108,8 +108,6 @@ def copy_base(dest: Path) -> Path:
 def local_estate(git_servers, tmp_path: Path, name: str, **group_vars):
     """A served repository holding the base example with two `local` targets, alpha and
     beta, that write their greeting into ``tree.out``."""
-    from lab.gitserver import WorkTree
-
     name = name.replace("[", "-").replace("]", "")
     bare = git_servers.create(name)
     tree = WorkTree(bare, tmp_path / "worktree")

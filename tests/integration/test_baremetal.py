@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT
 from lab.gitserver import WorkTree
+from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.baremetal, pytest.mark.e2e]
 VAULT = ["--vault-password-file", "inventories/lab/.vault-pass"]

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from tests.conftest import require
 from lab.kube import (KUBE_VERSION, NEVER_READY_LABEL, NEVER_SCHEDULED_NODE_SELECTOR,
-                            KubeCluster, kubectl_path, write_kubeconfig)
+                      KubeCluster, kubectl_path, write_kubeconfig)
+from tests.conftest import require
 
 pytestmark = pytest.mark.kubernetes
 

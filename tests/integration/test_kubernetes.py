@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, events, require, roles_by_host
 from lab.gitserver import WorkTree
 from lab.kube import NEVER_READY_LABEL, KubeCluster, kubectl_path
+from tests.conftest import ROOT, events, require, roles_by_host
 
 pytestmark = [pytest.mark.kubernetes, pytest.mark.git, pytest.mark.e2e]
 MANAGER = "gitops-ansible"

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from gitops_ansible import inventory
-from tests.conftest import ROOT, make_settings, require
 from lab.hosts import unavailable_reason
+from tests.conftest import ROOT, make_settings, require
 
 BIN = Path(sys.executable).parent
 ROLES = sorted(p.name for p in (ROOT / "roles").iterdir() if (p / "tasks").is_dir())

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from tests.conftest import require
 from lab.libvirt import qemu_rss_kib, wait_ssh
+from tests.conftest import require
 
 pytestmark = pytest.mark.vm
 

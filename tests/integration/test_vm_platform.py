@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lab.libvirt import qemu_pid
+from lab.system import free_port
 from tests.conftest import ROOT, events, roles_by_host
-from lab.libvirt import free_port, qemu_pid
 
 pytestmark = pytest.mark.vm
 NS = "https://gitops-ansible.dev/xmlns/vm/1"

@@ -12,9 +12,9 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from tests.conftest import ROOT
 from lab.guest import GuestImage
 from lab.libvirt import domain_xml
+from tests.conftest import ROOT
 
 ROLE = ROOT / "roles" / "vm"
 NS = "https://gitops-ansible.dev/xmlns/vm/1"
