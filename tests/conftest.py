@@ -11,22 +11,12 @@ from pathlib import Path
 import pytest
 
 from gitops_ansible import config
+from lab.fixtures import (host_lab, kube_assets, kube_cluster, lab_rootfs,  # noqa: F401
+                          require, vm_lab)  # (the lab's pytest fixtures, for every test)
 from lab.gitserver import GitServers, WorkTree
-
-# The lab's fixtures (host_lab, lab_rootfs, vm_lab, kube_assets, kube_cluster) for every test.
-pytest_plugins = ["lab.fixtures"]
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = Path(__file__).resolve().parent / "cases"
-CI = os.environ.get("CI") == "true"
-
-
-def require(condition: bool, reason: str) -> None:
-    """Skip when a prerequisite is missing, except under CI=true, where it is a failure."""
-    if not condition:
-        if CI:
-            pytest.fail(f"prerequisite missing under CI=true: {reason}")
-        pytest.skip(reason)
 
 
 def events(done) -> list[dict]:
