@@ -9,6 +9,8 @@ APT_PACKAGES := git openssh-server openssh-client debootstrap iproute2 openssl s
                 util-linux procps ca-certificates qemu-system-x86 qemu-utils libvirt-clients \
                 libvirt-daemon-system libvirt-daemon-system-sysv libvirt-dev pkg-config gcc
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test` (0: no workers, everything in one process)
+PYTEST_WORKERS ?= 3
 COMPAT_PYTHON ?= $(shell scripts/python.sh 3.11 2>/dev/null)
 
 .PHONY: all demo demo-down test test-unit test-compat system venv collections clean
@@ -39,8 +41,12 @@ $(VENV)/.collections: $(VENV)/.installed scripts/kube_collection.py
 
 collections: $(VENV)/.collections
 
+# Independent modules in parallel, each module on one worker (--dist loadfile; the order is
+# tests/conftest.py's, longest first), every worker with a lab of its own (lab/fixtures.py).
+# The 30 slowest tests are listed at the end, so that the suite's growth shows.
 test: system venv collections  ## the whole suite (root: bare hosts in namespaces; CI=true fails on what is missing)
-	$(PY) -m pytest -ra $(PYTEST_ARGS)
+	$(PY) -m pytest -ra -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+	  --durations=30 $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-compat
 
 test-unit: venv  ## the quick tier: no hosts, no Git servers
