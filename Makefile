@@ -11,9 +11,10 @@ APT_PACKAGES := git openssh-server openssh-client debootstrap iproute2 openssl s
 PYTEST_ARGS ?=
 # pytest-xdist workers for `make test` (0: no workers, everything in one process)
 PYTEST_WORKERS ?= 3
+LAB_CACHE = $(or $(GITOPS_LAB_CACHE),/var/cache/gitops-ansible-lab)
 COMPAT_PYTHON ?= $(shell scripts/python.sh 3.11 2>/dev/null)
 
-.PHONY: all demo demo-down test test-unit test-compat system venv collections clean
+.PHONY: all demo demo-down test test-unit test-compat system venv collections clean lab-assets
 all: test
 
 system:  ## Debian packages the lab and the tests need (installed only when missing)
@@ -41,10 +42,18 @@ $(VENV)/.collections: $(VENV)/.installed scripts/kube_collection.py
 
 collections: $(VENV)/.collections
 
+# The Kubernetes binaries (5-37 min on a fresh machine) and the guest image (2-7 min) build in
+# the background from the start of `make test` while the tests that need neither run; their
+# fixtures wait for the build through its lock (lab/kube.py, lab/cache.py). Cached: a no-op.
+lab-assets: system venv
+	@mkdir -p $(LAB_CACHE)
+	@echo "lab assets: built in the background where not cached (log $(LAB_CACHE)/assets.log)"
+	@($(PY) -m lab.kube build & $(PY) -m lab.guest build & wait) >$(LAB_CACHE)/assets.log 2>&1 &
+
 # Independent modules in parallel, each module on one worker (--dist loadfile; the order is
 # tests/conftest.py's, longest first), every worker with a lab of its own (lab/fixtures.py).
 # The 30 slowest tests are listed at the end, so that the suite's growth shows.
-test: system venv collections  ## the whole suite (root: bare hosts in namespaces; CI=true fails on what is missing)
+test: system venv lab-assets collections  ## the whole suite (root: bare hosts in namespaces; CI=true fails on what is missing)
 	$(PY) -m pytest -ra -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder \
 	  --durations=30 $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-compat
