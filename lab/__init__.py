@@ -12,7 +12,7 @@ libvirt.py    VmLab: libvirtd, TCG guests reached over SSH on 127.0.0.1
 recorder.py   Recorder: an HTTP server that records requests (stand-in for SaaS APIs)
 cache.py      the per-machine cache and build_once(), which builds each entry once
 system.py     commands run and checked, free ports, waiting for a port or an SSH banner
-fixtures.py   the pytest fixtures (a plugin: pytest_plugins = ["lab.fixtures"])
+fixtures.py   the pytest fixtures, one lab per xdist worker (tests/conftest.py imports them)
 demo.py       `make demo`: the built-in example converged on 3 bare hosts
 __main__.py   python -m lab up|down: a detached lab for demos and molecule
 """
