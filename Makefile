@@ -9,9 +9,12 @@ APT_PACKAGES := git openssh-server openssh-client debootstrap iproute2 openssl s
                 util-linux procps ca-certificates qemu-system-x86 qemu-utils libvirt-clients \
                 libvirt-daemon-system libvirt-daemon-system-sysv libvirt-dev pkg-config gcc
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test` (0: no workers, everything in one process)
+PYTEST_WORKERS ?= 3
+LAB_CACHE = $(or $(GITOPS_LAB_CACHE),/var/cache/gitops-ansible-lab)
 COMPAT_PYTHON ?= $(shell scripts/python.sh 3.11 2>/dev/null)
 
-.PHONY: all demo demo-down test test-unit test-compat system venv collections clean
+.PHONY: all demo demo-down test test-unit test-compat system venv collections clean lab-assets
 all: test
 
 system:  ## Debian packages the lab and the tests need (installed only when missing)
@@ -39,8 +42,20 @@ $(VENV)/.collections: $(VENV)/.installed scripts/kube_collection.py
 
 collections: $(VENV)/.collections
 
-test: system venv collections  ## the whole suite (root: bare hosts in namespaces; CI=true fails on what is missing)
-	$(PY) -m pytest -ra $(PYTEST_ARGS)
+# The Kubernetes binaries (5-37 min on a fresh machine) and the guest image (2-7 min) build in
+# the background from the start of `make test` while the tests that need neither run; their
+# fixtures wait for the build through its lock (lab/kube.py, lab/cache.py). Cached: a no-op.
+lab-assets: system venv
+	@mkdir -p $(LAB_CACHE)
+	@echo "lab assets: built in the background where not cached (log $(LAB_CACHE)/assets.log)"
+	@($(PY) -m lab.kube build & $(PY) -m lab.guest build & wait) >$(LAB_CACHE)/assets.log 2>&1 &
+
+# Independent modules in parallel, each module on one worker (--dist loadfile; the order is
+# tests/conftest.py's, longest first), every worker with a lab of its own (lab/fixtures.py).
+# The 30 slowest tests are listed at the end, so that the suite's growth shows.
+test: system venv lab-assets collections  ## the whole suite (root: bare hosts in namespaces; CI=true fails on what is missing)
+	$(PY) -m pytest -ra -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+	  --durations=30 $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-compat
 
 test-unit: venv  ## the quick tier: no hosts, no Git servers
@@ -59,17 +74,17 @@ test-compat:
 	  "tests/integration/test_pull.py::test_run_converges_then_nothing_to_do_then_new_commit"
 
 vm-assets: system venv  ## build the cached guest image for the vm tests (once per machine, 5-7 min)
-	$(PY) -m tests.lab.guest build
+	$(PY) -m lab.guest build
 
 demo: system venv collections  ## converge the built-in example (inventories/local) on 3 bare hosts
-	$(PY) -m tests.lab.demo
+	$(PY) -m lab.demo
 
 demo-down:  ## stop the demo hosts
-	$(PY) -m tests.lab down --dir /var/tmp/gitops-ansible-demo
+	$(PY) -m lab down --dir /var/tmp/gitops-ansible-demo
 
 clean:
 	rm -rf $(VENV) .venv-compat *.egg-info
 
 .PHONY: kube-assets
 kube-assets: venv  ## build the cached Kubernetes binaries for the tests (once per machine, ~37 min)
-	$(PY) -m tests.lab.kube build
+	$(PY) -m lab.kube build

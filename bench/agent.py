@@ -38,17 +38,11 @@ from nochange_cycle import build_repo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gitops_ansible.config import SOURCE_SCHEMA  # noqa: E402
+from lab.system import free_port  # noqa: E402
 
 SECRET = "bench-secret"
 INTERVAL = SOURCE_SCHEMA["interval"].default
 JITTER = SOURCE_SCHEMA["jitter"].default
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def commit(repo: Path, name: str) -> None:

@@ -3,7 +3,7 @@
 
     cd /work/k8s-wt && .venv/bin/python bench/k8s_noop.py [--repeat N]
 
-Starts a lab cluster (tests/lab/kube.py: etcd + kube-apiserver + controllers + kwok) and a
+Starts a lab cluster (lab/kube.py: etcd + kube-apiserver + controllers + kwok) and a
 repository whose cluster target `bench` has 200 objects in clusters/bench/: 10 namespaces,
 each with 15 ConfigMaps, 2 Services and 2 Deployments (1 replica). Both sides converge once,
 unmeasured; then each is run N times, interleaved, with nothing to change:
@@ -30,7 +30,7 @@ from common import ROOT, VENV_BIN, alternate, bench_env, expect, measure, parse_
     summarize
 
 sys.path.insert(0, str(ROOT))
-from tests.lab.kube import KubeCluster, kubectl_path  # noqa: E402
+from lab.kube import KubeCluster, kubectl_path  # noqa: E402
 
 NAMESPACES, CONFIGMAPS, SERVICES, DEPLOYMENTS = 10, 15, 2, 2
 

@@ -2,7 +2,7 @@
 
     cd /work/main && .venv/bin/python bench/push_overhead.py [--repeat N]
 
-Needs root: 3 SSH hosts (web-1, web-2, db-1) from the host lab (tests/lab, prefix gatbench,
+Needs root: 3 SSH hosts (web-1, web-2, db-1) from the host lab (lab/, prefix gatbench,
 subnet 198.18.7). The checkout holds the project's playbooks/, roles/, ansible.cfg and
 inventories/lab built by lab_inventory() of tests/integration/test_baremetal.py, committed
 to git. It is converged once, unmeasured; then every run is a no-op on converged hosts,
@@ -30,8 +30,8 @@ from common import ROOT, VENV_BIN, alternate, bench_env, expect, measure, parse_
     report, summarize
 
 sys.path.insert(0, str(ROOT))
+from lab.hosts import HostLab, unavailable_reason  # noqa: E402
 from tests.integration.test_baremetal import VAULT, lab_inventory  # noqa: E402
-from tests.lab.hosts import HostLab, unavailable_reason  # noqa: E402
 
 GOAL = 1.05
 HOSTS = ["web-1", "web-2", "db-1"]

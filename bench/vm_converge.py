@@ -18,7 +18,7 @@ carries its end time and duration) and from the guest's console log:
     orchestrator the rest of the run: fetch, checks, Ansible start, the orphan scan, records
 
 The baseline side does by hand what the vm role automates up to SSH: `virsh define` of the
-lab's domain XML (overlay and seed made by tests/lab/libvirt.py), `virsh start`, wait for
+lab's domain XML (overlay and seed made by lab/libvirt.py), `virsh start`, wait for
 the SSH banner. Sides alternate round by round, one VM runs at a time (each is destroyed
 before the next round), and the ratio printed is gitops-ansible (define + boot + wait SSH)
 over the hand-made boot: what the platform adds to getting a VM up.
@@ -40,7 +40,8 @@ import yaml
 from common import ROOT, VENV_BIN, bench_env, parse_args
 
 sys.path.insert(0, str(ROOT))
-from tests.lab.libvirt import VmLab, free_port, wait_ssh  # noqa: E402
+from lab.libvirt import VmLab, wait_ssh  # noqa: E402
+from lab.system import free_port  # noqa: E402
 
 GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost",
        "-c", "commit.gpgsign=false"]

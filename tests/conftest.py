@@ -11,20 +11,27 @@ from pathlib import Path
 import pytest
 
 from gitops_ansible import config
-from tests.lab.fixtures import host_lab, lab_rootfs  # noqa: F401  (pytest fixtures)
-from tests.lab.gitserver import GitServers
+from lab.fixtures import (host_lab, kube_assets, kube_cluster, lab_rootfs,  # noqa: F401
+                          require, vm_lab)  # (the lab's pytest fixtures, for every test)
+from lab.gitserver import GitServers, WorkTree
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = Path(__file__).resolve().parent / "cases"
-CI = os.environ.get("CI") == "true"
 
 
-def require(condition: bool, reason: str) -> None:
-    """Skip when a prerequisite is missing, except under CI=true, where it is a failure."""
-    if not condition:
-        if CI:
-            pytest.fail(f"prerequisite missing under CI=true: {reason}")
-        pytest.skip(reason)
+def pytest_collection_modifyitems(items) -> None:
+    """The longest modules first. `make test` runs the suite on pytest-xdist workers one
+    module at a time (--dist loadfile, in this order): the modules that boot VMs start at
+    once while the other workers run the rest; the Kubernetes modules come last, because
+    on a fresh machine their binaries are still being built in the background until then."""
+    def rank(item) -> int:
+        marks = {mark.name for mark in item.iter_markers()}
+        return 0 if "vm" in marks else 2 if "kubernetes" in marks else 1
+
+    module_rank: dict[str, int] = {}
+    for item in items:
+        module_rank[item.path] = min(rank(item), module_rank.get(item.path, rank(item)))
+    items.sort(key=lambda item: module_rank[item.path])
 
 
 def events(done) -> list[dict]:
@@ -106,8 +113,6 @@ def copy_base(dest: Path) -> Path:
 def local_estate(git_servers, tmp_path: Path, name: str, **group_vars):
     """A served repository holding the base example with two `local` targets, alpha and
     beta, that write their greeting into ``tree.out``."""
-    from tests.lab.gitserver import WorkTree
-
     name = name.replace("[", "-").replace("]", "")
     bare = git_servers.create(name)
     tree = WorkTree(bare, tmp_path / "worktree")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.hosts import HostLab
+from lab.hosts import HostLab
 
 pytestmark = pytest.mark.baremetal
 VENV_BIN = Path(sys.executable).parent
@@ -118,7 +118,7 @@ def test_rekeyed_host_fails_host_key_check(host_lab):
 
 
 def test_cli_lab_outlives_the_command_and_down_leaves_nothing(lab_rootfs, tmp_path):
-    lab_cli = [sys.executable, "-m", "tests.lab"]
+    lab_cli = [sys.executable, "-m", "lab"]
     started = time.monotonic()
     up = subprocess.run(lab_cli + ["up", "--dir", str(tmp_path), "--prefix", "gatcli",
                                    "--subnet", "198.18.1", "--hosts", "solo-1,solo-2"],

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 
 from gitops_ansible.execute import stop_orphans
+from lab.recorder import Recorder
+from lab.system import free_port
 from tests.conftest import local_estate, require
 from tests.integration.test_baremetal import VAULT, host_file, lab_estate
-from tests.lab.gitserver import free_port
-from tests.lab.recorder import Recorder
 
 pytestmark = [pytest.mark.agent, pytest.mark.git]
 SECRET = "hook-secret-" + os.urandom(4).hex()

@@ -1,5 +1,5 @@
 """End to end on real bare hosts: sshd in network namespaces, each with its own root
-filesystem (tests/lab), converged from a commit in a real Git repository.
+filesystem (lab/), converged from a commit in a real Git repository.
 
 The GitOps content is the project's own (playbooks/, roles/, ansible.cfg and the demo's
 group_vars with its vault secret), with an inventory `lab` pointing at the lab hosts.
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lab.gitserver import WorkTree
 from tests.conftest import ROOT, events
-from tests.lab.gitserver import WorkTree
 
 pytestmark = [pytest.mark.baremetal, pytest.mark.e2e]
 VAULT = ["--vault-password-file", "inventories/lab/.vault-pass"]

@@ -1,4 +1,4 @@
-"""The Kubernetes lab itself (tests/lab/kube.py): two real API servers at once, workloads that
+"""The Kubernetes lab itself (lab/kube.py): two real API servers at once, workloads that
 become ready (kube-controller-manager + kube-scheduler + kwok), and ones that never do.
 
 Every manifest goes through `kubectl apply --server-side`, as the Kubernetes platform will.
@@ -11,10 +11,9 @@ import time
 
 import pytest
 
+from lab.kube import (KUBE_VERSION, NEVER_READY_LABEL, NEVER_SCHEDULED_NODE_SELECTOR,
+                      KubeCluster, kubectl_path, write_kubeconfig)
 from tests.conftest import require
-from tests.lab.fixtures import kube_assets, kube_cluster  # noqa: F401  (pytest fixtures)
-from tests.lab.kube import (KUBE_VERSION, NEVER_READY_LABEL, NEVER_SCHEDULED_NODE_SELECTOR,
-                            KubeCluster, kubectl_path, write_kubeconfig)
 
 pytestmark = pytest.mark.kubernetes
 
@@ -50,13 +49,13 @@ def kubectl():
 
 
 @pytest.fixture(scope="module")
-def west(kube_assets, tmp_path_factory):  # noqa: F811
+def west(kube_assets, tmp_path_factory):
     """A second cluster next to the session's kube_cluster ("lab")."""
     with KubeCluster(tmp_path_factory.mktemp("kube-west"), "west", assets=kube_assets) as c:
         yield c
 
 
-def test_two_clusters_run_side_by_side(kube_cluster, west, kubectl, tmp_path):  # noqa: F811
+def test_two_clusters_run_side_by_side(kube_cluster, west, kubectl, tmp_path):
     clusters = [kube_cluster, west]
     assert kube_cluster.server != west.server
     for c in clusters:
@@ -74,7 +73,7 @@ def test_two_clusters_run_side_by_side(kube_cluster, west, kubectl, tmp_path):  
         assert done.stdout.strip() == f"node/{c.name}-node-1"
 
 
-def test_deployment_available_in_one_cluster_only(kube_cluster, west, kubectl):  # noqa: F811
+def test_deployment_available_in_one_cluster_only(kube_cluster, west, kubectl):
     ns = "lab-ready"
     started = time.monotonic()
     kube_cluster.apply(namespace(ns) + "\n---\n" + deployment("web", ns, replicas=2))
@@ -102,7 +101,7 @@ def test_deployment_available_in_one_cluster_only(kube_cluster, west, kubectl): 
     assert kube_cluster.kubectl("get", "pods", "-n", ns, "-o", "name").stdout.strip() == ""
 
 
-def test_never_ready_workloads_stay_unready(kube_cluster, kubectl):  # noqa: F811
+def test_never_ready_workloads_stay_unready(kube_cluster, kubectl):
     ns = "lab-unready"
     kube_cluster.apply("\n---\n".join([
         namespace(ns),
@@ -135,7 +134,7 @@ def test_never_ready_workloads_stay_unready(kube_cluster, kubectl):  # noqa: F81
     kube_cluster.kubectl("delete", "namespace", ns, "--wait", "--timeout=60s", timeout=90)
 
 
-def test_job_statefulset_daemonset_become_ready(kube_cluster, kubectl):  # noqa: F811
+def test_job_statefulset_daemonset_become_ready(kube_cluster, kubectl):
     ns = "lab-kinds"
     pod = {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]}
     docs = [

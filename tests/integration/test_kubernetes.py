@@ -1,5 +1,5 @@
 """The Kubernetes platform end to end: commits in a real Git repository, `gitops-ansible`
-as a separate process, real API servers (tests/lab/kube.py: etcd + kube-apiserver +
+as a separate process, real API servers (lab/kube.py: etcd + kube-apiserver +
 controllers + kwok), kubernetes.core driving the API.
 
 Every test uses its own inventory target (and so its own namespace and inventory ConfigMap)
@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lab.gitserver import WorkTree
+from lab.kube import NEVER_READY_LABEL, KubeCluster, kubectl_path
 from tests.conftest import ROOT, events, require, roles_by_host
-from tests.lab.fixtures import kube_assets, kube_cluster  # noqa: F401  (pytest fixtures)
-from tests.lab.gitserver import WorkTree
-from tests.lab.kube import NEVER_READY_LABEL, KubeCluster, kubectl_path
 
 pytestmark = [pytest.mark.kubernetes, pytest.mark.git, pytest.mark.e2e]
 MANAGER = "gitops-ansible"
@@ -106,7 +105,7 @@ def report(done, task: str) -> str:
     return " | ".join(found)
 
 
-def test_apply_change_prune(cli, git_servers, kube_cluster, tmp_path, request):  # noqa: F811
+def test_apply_change_prune(cli, git_servers, kube_cluster, tmp_path, request):
     """Issue 3, tests 1-3: a commit with a Namespace, a ConfigMap and a Deployment is applied
     with our field manager and revision; a second commit changes only what it touches; a
     third removes a ConfigMap (pruned) while a foreign object and an opted-out one stay."""
@@ -175,7 +174,7 @@ def test_apply_change_prune(cli, git_servers, kube_cluster, tmp_path, request): 
 
 
 def test_drift_is_reported_by_plan_and_healed_by_run(cli, git_servers, kube_cluster, tmp_path,
-                                                     request):  # noqa: F811
+                                                     request):
     ns, target = "t-drift", "t-drift"
     tree = estate(git_servers, tmp_path, request.node.name,
                   {"lab": {target: cluster_target(kube_cluster)}})
@@ -200,7 +199,7 @@ def test_drift_is_reported_by_plan_and_healed_by_run(cli, git_servers, kube_clus
 
 
 def test_crd_and_custom_resource_in_one_commit(cli, git_servers, kube_cluster, tmp_path,
-                                               request):  # noqa: F811
+                                               request):
     ns, target = "t-crd", "t-crd"
     crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
            "metadata": {"name": "widgets.example.com"},
@@ -224,7 +223,7 @@ def test_crd_and_custom_resource_in_one_commit(cli, git_servers, kube_cluster, t
 
 
 def test_bad_manifests_are_refused_before_anything_is_applied(cli, git_servers, kube_cluster,
-                                                              tmp_path, request):  # noqa: F811
+                                                              tmp_path, request):
     ns, target = "t-bad", "t-bad"
     tree = estate(git_servers, tmp_path, request.node.name,
                   {"lab": {target: cluster_target(kube_cluster)}})
@@ -268,7 +267,7 @@ def test_bad_manifests_are_refused_before_anything_is_applied(cli, git_servers, 
 
 
 def test_a_rollout_that_never_becomes_ready_fails_the_run(cli, git_servers, kube_cluster,
-                                                          tmp_path, request):  # noqa: F811
+                                                          tmp_path, request):
     ns, target = "t-stuck", "t-stuck"
     tree = estate(git_servers, tmp_path, request.node.name, {"lab": {target: cluster_target(
         kube_cluster, k8s_manifests_health_timeout=10)}})
@@ -286,13 +285,13 @@ def test_a_rollout_that_never_becomes_ready_fails_the_run(cli, git_servers, kube
 
 
 @pytest.fixture(scope="module")
-def other(kube_assets, tmp_path_factory):  # noqa: F811
+def other(kube_assets, tmp_path_factory):
     with KubeCluster(tmp_path_factory.mktemp("kube-other"), "other", assets=kube_assets) as c:
         yield c
 
 
 def test_two_clusters_and_a_mixed_environment(cli, git_servers, kube_cluster, other, tmp_path,
-                                              request):  # noqa: F811
+                                              request):
     """One environment with two clusters (prod-eu on "lab", prod-us on "other"), and an
     environment mixing a cluster with a `local` target (the controller: the bare-host lab
     would only add SSH start-up time): each target gets its platform's roles only."""
@@ -333,7 +332,7 @@ def test_two_clusters_and_a_mixed_environment(cli, git_servers, kube_cluster, ot
 
 @pytest.mark.baremetal
 def test_a_cluster_beside_bare_hosts(cli, git_servers, host_lab, kube_cluster, tmp_path,
-                                     request):  # noqa: F811
+                                     request):
     """The project's estate on the lab's SSH hosts plus a cluster in the same environment:
     the bare hosts get the host roles only, the cluster the manifests role only."""
     from tests.integration.test_baremetal import VAULT, lab_estate

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, require
-from tests.lab.gitserver import git
+from lab.gitserver import git
 
 pytestmark = [pytest.mark.e2e]
 

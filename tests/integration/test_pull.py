@@ -93,7 +93,7 @@ def test_ssh_unknown_host_key_is_refused_unless_accepted(cli, estate, git_server
 
 
 def test_tag_and_commit_refs(cli, estate, git_servers):
-    from tests.lab.gitserver import git
+    from lab.gitserver import git
 
     first = estate.revision
     git("tag", "v1", cwd=estate.path)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lab.hosts import unavailable_reason
 from tests.conftest import ROOT, require
-from tests.lab.hosts import unavailable_reason
 
 BIN = Path(sys.executable).parent
 ROLES = sorted(p.name for p in (ROOT / "roles").iterdir() if (p / "tasks").is_dir())
@@ -76,11 +76,10 @@ def test_molecule_catches_a_non_idempotent_task(tmp_path):
     changed_when: molecule fails at the idempotence step, naming that task."""
     require_lab()
     repo = tmp_path / "repo"
-    for part in ("playbooks", "roles", "molecule", "tests/lab"):
+    for part in ("playbooks", "roles", "molecule", "lab"):
         shutil.copytree(ROOT / part, repo / part,
                         ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("ansible.cfg", "tests/__init__.py"):
-        shutil.copy(ROOT / name, repo / name)
+    shutil.copy(ROOT / "ansible.cfg", repo / "ansible.cfg")
     tasks = repo / "roles/host_sysctl/tasks/main.yml"
     tasks.write_text(tasks.read_text() + (
         "\n- name: Stamp the run (not idempotent on purpose)\n"
@@ -94,7 +93,7 @@ def test_molecule_catches_a_non_idempotent_task(tmp_path):
                     GITOPS_MOLECULE_LAB_DIR=str(lab_dir), GITOPS_MOLECULE_LAB_PREFIX="gatmolx",
                     GITOPS_MOLECULE_LAB_SUBNET="198.18.10")
     finally:
-        subprocess.run([sys.executable, "-m", "tests.lab", "down", "--dir", str(lab_dir)],
+        subprocess.run([sys.executable, "-m", "lab", "down", "--dir", str(lab_dir)],
                        cwd=ROOT, capture_output=True)
     text = done.stdout + done.stderr
     assert done.returncode != 0, output(done)

@@ -14,9 +14,8 @@ import time
 
 import pytest
 
+from lab.libvirt import qemu_rss_kib, wait_ssh
 from tests.conftest import require
-from tests.lab.fixtures import vm_lab  # noqa: F401  (pytest fixture)
-from tests.lab.libvirt import qemu_rss_kib, wait_ssh
 
 pytestmark = pytest.mark.vm
 

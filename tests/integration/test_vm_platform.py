@@ -1,5 +1,5 @@
 """The `vm` platform end to end on a local hypervisor (the lab's libvirtd, guest image and
-key; tests/lab/libvirt.py).
+key; lab/libvirt.py).
 
 One VM for the module, driven by commits and `gitops-ansible run` in an environment that
 also holds the lab's bare hosts: converge (define, start, SSH, guest roles), an unchanged
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lab.libvirt import qemu_pid
+from lab.system import free_port
 from tests.conftest import ROOT, events, roles_by_host
-from tests.lab.fixtures import vm_lab  # noqa: F401  (pytest fixture)
-from tests.lab.libvirt import free_port, qemu_pid
 
 pytestmark = pytest.mark.vm
 NS = "https://gitops-ansible.dev/xmlns/vm/1"
@@ -56,60 +56,6 @@ def recap_changed(out: str) -> int:
     return int(line.split("changed=")[1].split()[0])
 
 
-def test_bad_definitions_are_refused_before_anything_is_touched(vm_lab, tmp_path):
-    port = free_port()
-    inventory = write_inventory(vm_lab, tmp_path, {
-        f"{vm_lab.prefix}ok": {"vm_image": "debian", "vm_ssh_port": port},
-        f"{vm_lab.prefix}bad": {"vm_image": "nope", "vm_memory_mib": 64, "vm_name": "../x",
-                                "vm_ssh_port": free_port()},
-    })
-    done = converge(inventory)
-    assert done.returncode != 0
-    assert "unknown base image nope" in done.stdout
-    assert "below the minimum" in done.stdout
-    assert '"../x" must match' in done.stdout
-    assert not (tmp_path / "vms").exists()
-    assert vm_lab.domains() == []
-
-    inventory = write_inventory(vm_lab, tmp_path, {
-        f"{vm_lab.prefix}a": {"vm_image": "debian", "vm_ssh_port": port},
-        f"{vm_lab.prefix}b": {"vm_image": "debian", "vm_ssh_port": port},
-        f"{vm_lab.prefix}c": {"vm_image": "debian", "vm_ssh_port": free_port(),
-                              "vm_name": f"{vm_lab.prefix}a"},
-    })
-    done = converge(inventory)
-    assert done.returncode != 0
-    assert f"SSH port {port} on localhost is taken by" in done.stdout
-    assert f"VM name {vm_lab.prefix}a is declared by {vm_lab.prefix}a, {vm_lab.prefix}c" \
-        in done.stdout, done.stdout[-3000:]
-    assert not (tmp_path / "vms").exists()
-    assert vm_lab.domains() == []
-
-    inventory = write_inventory(vm_lab, tmp_path, {
-        f"{vm_lab.prefix}a": {"vm_image": "debian", "vm_ssh_port": port,
-                              "vm_hypervisor": "hv-elsewhere"}})
-    done = converge(inventory)
-    assert done.returncode != 0
-    assert "vm_hypervisor is hv-elsewhere, which vm_hypervisors (localhost) does not list" \
-        in done.stdout, done.stdout[-3000:]
-    assert vm_lab.domains() == []
-
-
-def test_a_domain_that_is_not_ours_is_left_alone(vm_lab, tmp_path):
-    foreign = vm_lab.prepare("foreign")  # defined by hand: no gitops metadata
-    vm_lab.virsh("define", foreign.xml_path)
-    try:
-        inventory = write_inventory(vm_lab, tmp_path, {
-            foreign.name: {"vm_image": "debian", "vm_ssh_port": free_port()}})
-        done = converge(inventory)
-        assert done.returncode != 0
-        assert "that is not this VM" in done.stdout
-        assert NS not in vm_lab.virsh("dumpxml", foreign.name).stdout
-        assert "running" not in vm_lab.virsh("domstate", foreign.name).stdout
-    finally:
-        vm_lab.virsh("undefine", foreign.name, check=False)
-
-
 def guest(lab, port: int, command: str) -> str:
     done = subprocess.run(
         ["ssh", "-i", str(lab.key), "-p", str(port), "-o", "BatchMode=yes",
@@ -130,9 +76,11 @@ def dominfo(lab, name: str) -> dict[str, str]:
     return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines())}
 
 
+# The suite's longest test, first in its module: under xdist (`make test`) a worker is
+# handed its next module while two tests of this one remain, which then waits behind them.
 @pytest.mark.baremetal
 def test_a_vm_from_git_beside_bare_hosts(cli, git_servers, host_lab, vm_lab, tmp_path,
-                                          request):  # noqa: F811
+                                          request):
     """Commit by commit, as a user drives it: declare, rerun, change memory (pending, then
     restart), remove (orphaned), prune. The first commit mixes the VM with the lab's bare
     hosts, each with its platform's roles."""
@@ -251,5 +199,59 @@ def test_a_vm_from_git_beside_bare_hosts(cli, git_servers, host_lab, vm_lab, tmp
         assert name not in vm_lab.virsh("list", "--all", "--name").stdout.split()
         assert not (vm_dir / name).exists()
         assert foreign.name in vm_lab.domains()
+    finally:
+        vm_lab.virsh("undefine", foreign.name, check=False)
+
+
+def test_bad_definitions_are_refused_before_anything_is_touched(vm_lab, tmp_path):
+    port = free_port()
+    inventory = write_inventory(vm_lab, tmp_path, {
+        f"{vm_lab.prefix}ok": {"vm_image": "debian", "vm_ssh_port": port},
+        f"{vm_lab.prefix}bad": {"vm_image": "nope", "vm_memory_mib": 64, "vm_name": "../x",
+                                "vm_ssh_port": free_port()},
+    })
+    done = converge(inventory)
+    assert done.returncode != 0
+    assert "unknown base image nope" in done.stdout
+    assert "below the minimum" in done.stdout
+    assert '"../x" must match' in done.stdout
+    assert not (tmp_path / "vms").exists()
+    assert vm_lab.domains() == []
+
+    inventory = write_inventory(vm_lab, tmp_path, {
+        f"{vm_lab.prefix}a": {"vm_image": "debian", "vm_ssh_port": port},
+        f"{vm_lab.prefix}b": {"vm_image": "debian", "vm_ssh_port": port},
+        f"{vm_lab.prefix}c": {"vm_image": "debian", "vm_ssh_port": free_port(),
+                              "vm_name": f"{vm_lab.prefix}a"},
+    })
+    done = converge(inventory)
+    assert done.returncode != 0
+    assert f"SSH port {port} on localhost is taken by" in done.stdout
+    assert f"VM name {vm_lab.prefix}a is declared by {vm_lab.prefix}a, {vm_lab.prefix}c" \
+        in done.stdout, done.stdout[-3000:]
+    assert not (tmp_path / "vms").exists()
+    assert vm_lab.domains() == []
+
+    inventory = write_inventory(vm_lab, tmp_path, {
+        f"{vm_lab.prefix}a": {"vm_image": "debian", "vm_ssh_port": port,
+                              "vm_hypervisor": "hv-elsewhere"}})
+    done = converge(inventory)
+    assert done.returncode != 0
+    assert "vm_hypervisor is hv-elsewhere, which vm_hypervisors (localhost) does not list" \
+        in done.stdout, done.stdout[-3000:]
+    assert vm_lab.domains() == []
+
+
+def test_a_domain_that_is_not_ours_is_left_alone(vm_lab, tmp_path):
+    foreign = vm_lab.prepare("foreign")  # defined by hand: no gitops metadata
+    vm_lab.virsh("define", foreign.xml_path)
+    try:
+        inventory = write_inventory(vm_lab, tmp_path, {
+            foreign.name: {"vm_image": "debian", "vm_ssh_port": free_port()}})
+        done = converge(inventory)
+        assert done.returncode != 0
+        assert "that is not this VM" in done.stdout
+        assert NS not in vm_lab.virsh("dumpxml", foreign.name).stdout
+        assert "running" not in vm_lab.virsh("domstate", foreign.name).stdout
     finally:
         vm_lab.virsh("undefine", foreign.name, check=False)

@@ -1,6 +1,6 @@
 """Notifications and commit status against a recording HTTP server (the SaaS stand-in)."""
 from gitops_ansible.notify import Notifier
-from tests.lab.recorder import Recorder
+from lab.recorder import Recorder
 
 
 def test_alerts_are_rate_limited_per_environment_and_kind():

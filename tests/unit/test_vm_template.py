@@ -1,7 +1,7 @@
 """roles/vm/templates/domain.xml.j2: the domain the VM platform defines.
 
 Rendered with plain Jinja2 (the template uses only builtin filters), then compared with the
-lab's domain (tests/lab/libvirt.py:domain_xml), which boots under TCG on these machines:
+lab's domain (lab/libvirt.py:domain_xml), which boots under TCG on these machines:
 the same XML apart from the metadata that marks the domain as ours.
 """
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 import jinja2
 import pytest
 
+from lab.guest import GuestImage
+from lab.libvirt import domain_xml
 from tests.conftest import ROOT
-from tests.lab.guest import GuestImage
-from tests.lab.libvirt import domain_xml
 
 ROLE = ROOT / "roles" / "vm"
 NS = "https://gitops-ansible.dev/xmlns/vm/1"

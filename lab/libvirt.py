@@ -48,9 +48,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
+from .cache import cache_root
 from .guest import GUEST_KEY, GuestImage, ensure_guest_image, make_seed
-from .hosts import ssh_banner
-from .rootfs import cache_root
+from .system import free_port, run, ssh_banner
 
 URI = "qemu:///system"
 SOCKET = "/run/libvirt/libvirt-sock"
@@ -95,7 +95,7 @@ class VmLab:
         self.cleanup()
         self.image = ensure_guest_image(self.cache_dir)
         if not self.key.exists():
-            _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "gitops-vm-lab",
+            run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "gitops-vm-lab",
                  "-f", str(self.key))
         return self
 
@@ -138,7 +138,7 @@ class VmLab:
         while port is None or port in taken:  # not yet bound by qemu: do not hand out twice
             port = free_port()
         host_key = d / "ssh_host_ed25519_key"
-        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", hostname, "-f", str(host_key))
+        run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", hostname, "-f", str(host_key))
         kind, blob = Path(f"{host_key}.pub").read_text().split()[:2]
         known = d / "known_hosts"
         known.write_text(f"[127.0.0.1]:{port} {kind} {blob}\n")
@@ -305,13 +305,6 @@ def _connects_unix(path: str) -> bool:
 
 
 # ---- guests ---------------------------------------------------------------------------
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (qemu binds it when the domain starts)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_ssh(port: int, host: str = "127.0.0.1", timeout: float = BOOT_TIMEOUT,
              console_log: Path | None = None) -> float:
     """Seconds until sshd's banner arrives on HOST:PORT (the hostfwd port accepts early)."""
@@ -355,9 +348,3 @@ def unavailable_reason(cache_dir=None) -> str | None:
         return "libvirt's QEMU driver is not configured (apt-get install libvirt-daemon-system)"
     return None
 
-
-def _run(*argv: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()}")
-    return proc

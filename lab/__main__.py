@@ -1,8 +1,8 @@
-"""python -m tests.lab up|down: a lab of bare hosts that outlives this command (for demos).
+"""python -m lab up|down: a lab of bare hosts that outlives this command (for demos).
 
-    python -m tests.lab up --dir /var/tmp/gitops-ansible-demo --prefix gatdemo \\
+    python -m lab up --dir /var/tmp/gitops-ansible-demo --prefix gatdemo \\
         --subnet 198.51.100 --hosts demo-1,demo-2,demo-3
-    python -m tests.lab down --dir /var/tmp/gitops-ansible-demo
+    python -m lab down --dir /var/tmp/gitops-ansible-demo
 
 `up` builds the cached rootfs if needed, (re)starts the hosts with fresh filesystems (first
 removing what a lab with the same prefix left running) and returns; hosts get SUBNET.11,
@@ -21,7 +21,7 @@ from .hosts import DEFAULT_SUBNET, HostLab
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.lab",
+    parser = argparse.ArgumentParser(prog="python -m lab",
                                      description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the hosts, detached")

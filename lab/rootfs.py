@@ -5,8 +5,8 @@
 Builds once per machine with `debootstrap --variant=minbase` from the Debian mirror that
 this machine's apt uses, then reuses it. The directory name carries ROOTFS_KEY: change the
 recipe, bump the key, and the next call builds anew. The build goes to a temporary directory
-beside the final one and is renamed into place, under an flock, so concurrent builders
-neither clash nor see half a tree.
+beside the final one and is renamed into place, under an flock (cache.build_once), so
+concurrent builders neither clash nor see half a tree.
 
 Inside: no SSH host keys (each lab host gets its own at start), /usr/sbin/policy-rc.d
 exiting 101 (package postinst scripts do not start daemons; `service NAME start` still
@@ -20,19 +20,17 @@ apt proxy uses as its allow-list.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
-import subprocess
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from .cache import build_once, cache_root
 
 SUITE = "bookworm"
 PACKAGES = ["openssh-server", "python3", "python3-apt", "procps", "iproute2"]
 ROOTFS_KEY = f"rootfs-{SUITE}-v1"  # bump when the recipe below changes
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-DEFAULT_CACHE = "/var/cache/gitops-ansible-lab"
 
 APT_CONF = """\
 // gitops-ansible lab: the mirror may be a dated snapshot
@@ -40,10 +38,6 @@ Acquire::Check-Valid-Until "false";
 Acquire::Check-Date "false";
 APT::Install-Recommends "false";
 """
-
-
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    return Path(cache_dir or os.environ.get("GITOPS_LAB_CACHE") or DEFAULT_CACHE)
 
 
 def apt_sources(etc: str = "/etc/apt") -> list[tuple[str, list[str], list[str]]]:
@@ -85,8 +79,9 @@ def mirror_hosts() -> list[str]:
     return sorted(h for h in hosts if h) or [urlsplit(DEFAULT_MIRROR).hostname]
 
 
-def _rootfs_sources() -> tuple[str, str]:
-    """(mirror for debootstrap, sources.list for the rootfs), both from this machine's sources."""
+def debootstrap_sources() -> tuple[str, str]:
+    """(mirror for debootstrap, sources.list inside the tree it builds), both from this
+    machine's apt sources; the guest image (guest.py) is built from them too."""
     lines, mirror = [], None
     for uri, suites, components in apt_sources():
         if not uri.startswith("http://"):
@@ -102,28 +97,15 @@ def _rootfs_sources() -> tuple[str, str]:
     return mirror, "\n".join(lines) + "\n"
 
 
-def build_once(root: Path, key: str, done, build) -> Path:
-    """ROOT/KEY, built by ``build(tmp, log_path)`` unless ``done(ROOT/KEY)`` says it exists:
-    under a lock (a concurrent builder finishes first; we then reuse its result), into a
-    temporary directory renamed into place, so a killed build never looks finished."""
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / key
-    if done(final):
-        return final
-    with open(root / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if done(final):
-            return final
-        for stale in root.glob(f"{key}.tmp-*"):  # from a crashed build; we hold the lock
-            _remove_tree(stale)
-        tmp = root / f"{key}.tmp-{os.getpid()}"
-        try:
-            build(tmp, root / f"{key}.log")
-            tmp.rename(final)
-        finally:
-            if tmp.exists():
-                _remove_tree(tmp)
-    return final
+def fetch_apt_lists(tree: Path, sources: str, run) -> None:
+    """Give a debootstrap TREE the apt SOURCES and APT_CONF and fetch its package lists,
+    resolving names through this machine's resolv.conf (the caller writes the tree's own)."""
+    etc = tree / "etc"
+    (etc / "apt/sources.list").write_text(sources)
+    (etc / "apt/apt.conf.d/90gitops-lab").write_text(APT_CONF)
+    shutil.copyfile("/etc/resolv.conf", etc / "resolv.conf")
+    run("chroot", str(tree), "apt-get", "update")
+    run("chroot", str(tree), "apt-get", "clean")
 
 
 def ensure_rootfs(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -131,42 +113,19 @@ def ensure_rootfs(cache_dir: str | os.PathLike | None = None) -> Path:
     return build_once(cache_root(cache_dir), ROOTFS_KEY, Path.is_dir, _build)
 
 
-def _build(target: Path, log_path: Path) -> None:
-    mirror, sources = _rootfs_sources()
-    start = time.monotonic()
-    with open(log_path, "w") as log:
-        def run(*argv: str) -> None:
-            log.write(f"+ {' '.join(argv)}\n")
-            log.flush()
-            if subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT).returncode:
-                log.close()
-                tail = "".join(open(log_path).readlines()[-20:])
-                raise RuntimeError(f"rootfs build failed: {' '.join(argv)}\n{tail}")
+def _build(target: Path, run) -> None:
+    mirror, sources = debootstrap_sources()
+    run("debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+        "--components=main", SUITE, str(target), mirror)
+    fetch_apt_lists(target, sources, run)
+    etc = target / "etc"
+    # Lab hosts reach nothing but the apt proxy: no resolver. Identity is set per host.
+    (etc / "resolv.conf").write_text("# gitops-ansible lab host: no DNS\n")
+    (etc / "hosts").write_text("127.0.0.1\tlocalhost\n")
+    (etc / "hostname").write_text("localhost\n")
+    for key in (etc / "ssh").glob("ssh_host_*"):
+        key.unlink()
+    policy = target / "usr/sbin/policy-rc.d"
+    policy.write_text("#!/bin/sh\n# gitops-ansible lab: postinst starts no daemons\nexit 101\n")
+    policy.chmod(0o755)
 
-        run("debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-            "--components=main", SUITE, str(target), mirror)
-        etc = target / "etc"
-        (etc / "apt/sources.list").write_text(sources)
-        (etc / "apt/apt.conf.d/90gitops-lab").write_text(APT_CONF)
-        shutil.copyfile("/etc/resolv.conf", etc / "resolv.conf")  # only for the update below
-        run("chroot", str(target), "apt-get", "update")
-        run("chroot", str(target), "apt-get", "clean")
-        # Lab hosts reach nothing but the apt proxy: no resolver. Identity is set per host.
-        (etc / "resolv.conf").write_text("# gitops-ansible lab host: no DNS\n")
-        (etc / "hosts").write_text("127.0.0.1\tlocalhost\n")
-        (etc / "hostname").write_text("localhost\n")
-        for key in (etc / "ssh").glob("ssh_host_*"):
-            key.unlink()
-        policy = target / "usr/sbin/policy-rc.d"
-        policy.write_text("#!/bin/sh\n# gitops-ansible lab: postinst starts no daemons\nexit 101\n")
-        policy.chmod(0o755)
-        log.write(f"built in {time.monotonic() - start:.1f} s\n")
-
-
-def _remove_tree(path: Path) -> None:
-    """rm -rf that first unmounts whatever a killed debootstrap left mounted inside."""
-    prefix = str(path.resolve()) + "/"
-    mounts = [line.split()[4] for line in open("/proc/self/mountinfo")]
-    for mnt in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
-        subprocess.run(["umount", "-l", mnt], check=False)
-    shutil.rmtree(path, ignore_errors=True)

@@ -19,12 +19,12 @@ this machine's kernel. apt in the hosts uses the proxy (aptproxy.py) on SUBNET.1
 
 WORKDIR keeps: id_ed25519 (client key, authorized for root everywhere), known_hosts,
 hosts/NAME/ssh_host_ed25519_key (kept across start/stop/reset), hosts/NAME/sshd.log,
-aptproxy.log, lab.json (what `python -m tests.lab down` needs). Processes, mounts and links
+aptproxy.log, lab.json (what `python -m lab down` needs). Processes, mounts and links
 carry the prefix (command-line tag gitops-lab:PREFIX:..., overlay source gitops-lab-PREFIX,
 interface and netns names PREFIX-...), so start() first removes whatever a crashed run with
 the same prefix left, and stop() removes all of it again. One lab per prefix at a time: the
 process that started a lab holds a lock on its prefix (another start() with that prefix
-waits), except `python -m tests.lab up`, whose hosts outlive it (a later `up` replaces them).
+waits), except `python -m lab up`, whose hosts outlive it (a later `up` replaces them).
 
 start() gives every host a fresh (empty) upper layer. stop_host/start_host: the host's
 processes die (SSH: connection refused) and come back with its filesystem kept, like a power
@@ -40,7 +40,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .rootfs import cache_root, ensure_rootfs, mirror_hosts, ROOTFS_KEY
+from .cache import cache_root
+from .rootfs import ROOTFS_KEY, ensure_rootfs, mirror_hosts
+from .system import connects, run, ssh_banner
 
 PROXY_PORT = 3142
 LOCK_WAIT = 1200  # seconds to wait while another process uses a lab with the same prefix
@@ -129,9 +130,9 @@ class HostLab:
             self.rootfs = Path(self.rootfs or ensure_rootfs(self.cache_dir))
             self._make_keys()
             self._write_known_hosts()
-            _run("ip", "link", "add", self.bridge, "type", "bridge")
-            _run("ip", "addr", "add", f"{self.gateway}/24", "dev", self.bridge)
-            _run("ip", "link", "set", self.bridge, "up")
+            run("ip", "link", "add", self.bridge, "type", "bridge")
+            run("ip", "addr", "add", f"{self.gateway}/24", "dev", self.bridge)
+            run("ip", "link", "set", self.bridge, "up")
             self._start_proxy()
             for i, name in enumerate(self.names, start=1):
                 self._make_netns(i, name)
@@ -168,11 +169,11 @@ class HostLab:
                 _umount(fields[4])
         for ns in _lines("ip", "netns", "list"):
             if ns.split()[0].startswith(self.prefix + "-"):
-                _run("ip", "netns", "delete", ns.split()[0], check=False)
+                run("ip", "netns", "delete", ns.split()[0], check=False)
         for link in _lines("ip", "-o", "link", "show"):
             name = link.split(":")[1].strip().split("@")[0]
             if name.startswith(self.prefix + "-"):
-                _run("ip", "link", "delete", name, check=False)
+                run("ip", "link", "delete", name, check=False)
 
     def __enter__(self) -> "HostLab":
         return self.start()
@@ -244,7 +245,7 @@ class HostLab:
     def _take_lock(self) -> None:
         """Hold /run/lock/gitops-ansible-lab-PREFIX.lock while this process runs the lab, so a
         second test session with the same prefix waits instead of taking the first one's
-        hosts for a crashed run's leftovers. (`python -m tests.lab up` lets go when it exits.)"""
+        hosts for a crashed run's leftovers. (`python -m lab up` lets go when it exits.)"""
         lock_dir = Path("/run/lock") if Path("/run/lock").is_dir() else Path(tempfile.gettempdir())
         self._lock = open(lock_dir / f"gitops-ansible-lab-{self.prefix}.lock", "w")
         deadline = time.monotonic() + LOCK_WAIT
@@ -273,7 +274,7 @@ class HostLab:
         for key in keys:
             if not key.exists():
                 key.parent.mkdir(parents=True, exist_ok=True)
-                _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "gitops-lab",
+                run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "gitops-lab",
                      "-f", str(key))
 
     def _write_known_hosts(self) -> None:
@@ -291,17 +292,17 @@ class HostLab:
         for host in mirror_hosts():
             argv += ["--allow", host]
         self._popen("proxy", argv, self.workdir / "aptproxy.log")
-        _wait(lambda: _connects(self.gateway, PROXY_PORT), 15, "apt proxy",
+        _wait(lambda: connects(self.gateway, PROXY_PORT), 15, "apt proxy",
               self.workdir / "aptproxy.log")
 
     def _make_netns(self, i: int, name: str) -> None:
         ns, veth = f"{self.prefix}-{name}", f"{self.prefix}-h{i}"
-        _run("ip", "netns", "add", ns)
-        _run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        _run("ip", "link", "set", veth, "master", self.bridge, "up")
-        _run("ip", "-n", ns, "addr", "add", f"{self.hosts[name].address}/24", "dev", "eth0")
-        _run("ip", "-n", ns, "link", "set", "eth0", "up")
-        _run("ip", "-n", ns, "link", "set", "lo", "up")
+        run("ip", "netns", "add", ns)
+        run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        run("ip", "link", "set", veth, "master", self.bridge, "up")
+        run("ip", "-n", ns, "addr", "add", f"{self.hosts[name].address}/24", "dev", "eth0")
+        run("ip", "-n", ns, "link", "set", "eth0", "up")
+        run("ip", "-n", ns, "link", "set", "lo", "up")
 
     def _mount_fresh(self, name: str) -> None:
         d, host = self._dir(name), self.hosts[name]
@@ -309,7 +310,7 @@ class HostLab:
             shutil.rmtree(d / sub, ignore_errors=True)
             (d / sub).mkdir(parents=True)
         host.root.mkdir(parents=True, exist_ok=True)
-        _run("mount", "-t", "overlay", f"gitops-lab-{self.prefix}", "-o",
+        run("mount", "-t", "overlay", f"gitops-lab-{self.prefix}", "-o",
              f"lowerdir={self.rootfs},upperdir={d / 'upper'},workdir={d / 'work'}", str(host.root))
         r = host.root
         (r / "etc/hostname").write_text(f"{name}\n")
@@ -331,7 +332,7 @@ class HostLab:
         self._popen(name, argv, self._dir(name) / "sshd.log")
 
     def _popen(self, key: str, argv: list[str], log_path: Path) -> None:
-        with open(log_path, "ab") as log:  # own session: the lab outlives `python -m tests.lab up`
+        with open(log_path, "ab") as log:  # own session: the lab outlives `python -m lab up`
             self._procs[key] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                                 stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -400,15 +401,8 @@ def unavailable_reason(cache_dir=None) -> str | None:
 
 
 # ---- small helpers --------------------------------------------------------------------
-def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    if check and proc.returncode:
-        raise RuntimeError(f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()}")
-    return proc
-
-
 def _lines(*argv: str) -> list[str]:
-    return [line for line in _run(*argv, check=False).stdout.splitlines() if line.strip()]
+    return [line for line in run(*argv, check=False).stdout.splitlines() if line.strip()]
 
 
 def _processes():
@@ -444,29 +438,11 @@ def _wait(ready, timeout: float, what: str, log: Path | None = None) -> None:
         time.sleep(0.05)
 
 
-def _connects(address: str, port: int) -> bool:
-    try:
-        socket.create_connection((address, port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-def ssh_banner(address: str, port: int, timeout: float = 1) -> bool:
-    """Does an SSH server answer there (its banner, not only the TCP port)?"""
-    try:
-        with socket.create_connection((address, port), timeout=timeout) as sock:
-            sock.settimeout(2 * timeout)
-            return sock.recv(4).startswith(b"SSH-")
-    except OSError:
-        return False
-
-
 def _mounted_under(path: Path) -> bool:
     prefix = str(path) + "/"
     return any(line.split()[4].startswith(prefix) for line in open("/proc/self/mountinfo"))
 
 
 def _umount(mountpoint: str) -> None:
-    if _run("umount", mountpoint, check=False).returncode:
-        _run("umount", "-l", mountpoint, check=False)
+    if run("umount", mountpoint, check=False).returncode:
+        run("umount", "-l", mountpoint, check=False)

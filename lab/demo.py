@@ -17,7 +17,7 @@ from pathlib import Path
 from .gitserver import WorkTree, git
 from .hosts import HostLab
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 DEMO = Path("/var/tmp/gitops-ansible-demo")
 HOSTS = ["demo-1", "demo-2", "demo-3"]
 
