@@ -239,6 +239,8 @@ class Cycle:
                               "before Ansible ran; nothing was changed")
         except Exception as exc:  # a bug: recorded as such, never left `running`
             verdict = self._internal_error(exc)
+        finally:  # a signal from here on must not cut the record short
+            _interruptible(self.cancel, False)
         return self._finish(verdict, stop)
 
     def _steps(self) -> Verdict:
