@@ -215,13 +215,20 @@ def cmd_cycle(args, settings) -> int:
         signal.signal(signum, stop)
     reporter = ConsoleReporter(settings.json, show_diff=settings.diff or mode is Mode.PLAN)
     try:
-        result = cycle(settings, mode, reporter, cancel=cancel)
+        result = cycle(settings, mode, reporter, _trigger(mode), cancel)
     except Cancelled:
         return fail("cancelled by a signal before the run started; nothing was changed",
                     ExitCode.ERROR)
     if settings.json:
         reporter.emit("cycle_result", **result.as_dict())
     return int(result.exit_code)
+
+
+def _trigger(mode: Mode) -> str:
+    """schedule (cron, timer: no terminal), ci (CI set) or manual (a person at a terminal)."""
+    if mode is Mode.PULL and not sys.stdin.isatty():
+        return "schedule"
+    return "ci" if os.environ.get("CI") and mode is not Mode.PULL else "manual"
 
 
 def _checkout_for(settings) -> Path:

@@ -13,7 +13,6 @@ import dataclasses
 import fcntl
 import os
 import random
-import sys
 import threading
 import time
 from contextlib import closing
@@ -124,20 +123,15 @@ class Lock:
             self.fd = None
 
 
-def default_trigger(mode: Mode) -> str:
-    """schedule (cron, timer), manual (a person at a terminal) or ci."""
-    if mode is Mode.PULL and not sys.stdin.isatty():
-        return "schedule"
-    return "ci" if os.environ.get("CI") and mode is not Mode.PULL else "manual"
-
-
 def cycle(settings, mode: Mode | str, reporter: Reporter | None = None,
           trigger: str | None = None, cancel: threading.Event | None = None,
           on_start=None) -> Result:
     """Run one cycle; never raises for expected failures, the result carries the exit code.
 
-    ``reporter`` receives the cycle's events (a silent one when not given); ``on_start``
-    is called with the ``RunRecord`` when a changing run of a known revision starts.
+    ``reporter`` receives the cycle's events (a silent one when not given); ``trigger`` is
+    recorded with the run (schedule, manual, ci, webhook:..., sync, drift, heal; default
+    manual); ``on_start`` is called with the ``RunRecord`` when a changing run of a known
+    revision starts.
     """
     mode = Mode(mode)
     reporter = reporter or Reporter()
@@ -187,7 +181,7 @@ def _locked(settings, mode: Mode, store: Store, reporter: Reporter, trigger, can
     if suspended and mode is Mode.PUSH:
         reporter.log(f"{settings.env} is suspended ({suspended}); push converges anyway",
                      "warning")
-    job = Cycle(settings, mode, store, reporter, trigger or default_trigger(mode), cancel,
+    job = Cycle(settings, mode, store, reporter, trigger or "manual", cancel,
                 on_start)
     return job.run()
 
