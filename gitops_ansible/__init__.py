@@ -20,14 +20,14 @@ The library prints nothing and reads no environment variable or system file unle
 (``load_settings(..., environ=os.environ, system=True)``; ``ConsoleReporter`` prints).
 """
 from .config import AgentConfig, ConfigError, Settings, load as load_settings, load_agent
-from .reconcile import Result, cycle
+from .reconcile import Cancel, Cancelled, Result, cycle
 from .report import ConsoleReporter, ExitCode, Reporter
 from .records import EnvStatus, history, resume, run_detail, status, suspend
 from .store import EnvState, Mode, RunStatus, StoreError
 
 __version__ = "0.1.0"
 __all__ = [
-    "AgentConfig", "ConfigError", "ConsoleReporter", "EnvState", "EnvStatus", "ExitCode",
+    "AgentConfig", "Cancel", "Cancelled", "ConfigError", "ConsoleReporter", "EnvState", "EnvStatus", "ExitCode",
     "Mode", "Reporter", "Result", "RunStatus", "Settings", "StoreError", "cycle", "history",
     "load_agent", "load_settings", "resume", "run_detail", "status", "suspend",
 ]

@@ -14,7 +14,7 @@ from pathlib import Path
 from . import __version__
 from . import config as config_mod
 from . import records
-from .report import ConsoleReporter, ExitCode, table
+from .report import ConsoleReporter, ExitCode, save_traceback, table
 from .records import short, when
 from .store import Mode, StoreError
 
@@ -171,24 +171,10 @@ def main(argv=None) -> int:
         return fail(f"{where}{exc.strerror or exc}",
                     ExitCode.REFUSED if exc.errno in REFUSED_ERRNOS else ExitCode.ERROR)
     except Exception as exc:  # a bug: one line for the user, the traceback in a file
-        saved = _save_traceback(args, settings)
+        settings = settings or config_mod.Settings(state_dir=getattr(args, "state_dir", None))
+        saved = save_traceback(settings.state_path, time.strftime(
+            f"{args.command}-%Y%m%dT%H%M%SZ", time.gmtime()))
         return fail(f"internal error: {type(exc).__name__}: {exc}{saved}", ExitCode.ERROR)
-
-
-def _save_traceback(args, settings) -> str:
-    """Write the traceback under the state directory's logs/; say where (or nothing)."""
-    import traceback
-
-    settings = settings or config_mod.Settings(state_dir=getattr(args, "state_dir", None))
-    state = settings.state_path
-    path = state / "logs" / time.strftime(f"{args.command}-%Y%m%dT%H%M%SZ.traceback",
-                                          time.gmtime())
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(traceback.format_exc())
-    except OSError:
-        return ""
-    return f" (details in {path})"
 
 
 def fail(message: str, code: ExitCode) -> int:
@@ -199,7 +185,7 @@ def fail(message: str, code: ExitCode) -> int:
 def cmd_cycle(args, settings) -> int:
     from .reconcile import Cancel, Cancelled, cycle
 
-    if args.command == "plan" and "path" in vars(args) and "repo" in vars(args):
+    if args.command == "plan" and settings.sources["path"] != "default" and settings.repo:
         return fail("plan: --path and --repo exclude each other: plan a local checkout "
                     "(--path) or a revision of the repository (--repo)", ExitCode.REFUSED)
     mode = {"run": Mode.PULL, "push": Mode.PUSH, "plan": Mode.PLAN}[args.command]

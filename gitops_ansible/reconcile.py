@@ -22,7 +22,7 @@ from pathlib import Path
 from . import plan as plan_mod
 from . import source
 from .config import ConfigError
-from .report import ExitCode, Redactor, Reporter
+from .report import ExitCode, Redactor, Reporter, save_traceback
 from .store import (FAILED_OUTCOMES, EnvState, HostResult, Mode, RunRecord, RunStatus, Store,
                     Transition, Verdict, new_run_id)
 
@@ -126,7 +126,10 @@ class Lock:
 def cycle(settings, mode: Mode | str, reporter: Reporter | None = None,
           trigger: str | None = None, cancel: threading.Event | None = None,
           on_start=None) -> Result:
-    """Run one cycle; never raises for expected failures, the result carries the exit code.
+    """Run one cycle; the result carries the exit code. What the cycle meets after it took
+    its lock (Git, the repository, Ansible, a bug) ends in the result, recorded; before
+    that, a ``ConfigError`` (a missing setting), a ``StoreError``, an ``OSError`` (the
+    state directory) or ``Cancelled`` (a ``Cancel`` requested while waiting) is raised.
 
     ``reporter`` receives the cycle's events (a silent one when not given); ``trigger`` is
     recorded with the run (schedule, manual, ci, webhook:..., sync, drift, heal; default
@@ -223,18 +226,19 @@ class Cycle:
     def run(self) -> Result:
         stop = None
         try:
-            verdict = self._steps()
+            try:
+                verdict = self._steps()
+            finally:  # a signal from here on must not cut the record short
+                _interruptible(self.cancel, False)
         except Stop as early:
             stop, verdict = early, early.verdict
         except ConfigError as exc:  # e.g. a git_token_file that cannot be read
-            verdict = Verdict(RunStatus.REFUSED, ExitCode.REFUSED, f"config error: {exc}")
+            verdict = Verdict(RunStatus.REFUSED, f"config error: {exc}")
         except Cancelled:
-            verdict = Verdict(RunStatus.CANCELLED, ExitCode.ERROR, "cancelled by a signal "
+            verdict = Verdict(RunStatus.CANCELLED, "cancelled by a signal "
                               "before Ansible ran; nothing was changed")
         except Exception as exc:  # a bug: recorded as such, never left `running`
             verdict = self._internal_error(exc)
-        finally:  # a signal from here on must not cut the record short
-            _interruptible(self.cancel, False)
         return self._finish(verdict, stop)
 
     def _steps(self) -> Verdict:
@@ -245,7 +249,7 @@ class Cycle:
         else:
             checkout = Path(self.settings.path).expanduser().resolve()
             if not checkout.is_dir():
-                raise Stop(Verdict(RunStatus.REFUSED, ExitCode.REFUSED,
+                raise Stop(Verdict(RunStatus.REFUSED,
                                    f"--path {checkout}: no such directory"))
             revision = source.local_revision(checkout)
             self._start(revision)
@@ -276,7 +280,7 @@ class Cycle:
         revision = state.applied_revision
         if not revision:
             self.reporter.bind(env=self.env)
-            raise Stop(Verdict(RunStatus.NOTHING, ExitCode.NOTHING,
+            raise Stop(Verdict(RunStatus.NOTHING,
                                f"{self.env}: nothing applied yet; no drift check"))
         self._start(revision)
         checkout = source.checkout_path(self.settings, revision)
@@ -309,11 +313,11 @@ class Cycle:
         self.reporter.bind(env=self.env, revision=revision)
         checked = Transition.checked(revision, time.time())
         if decision.reason == "refused":
-            return Verdict(RunStatus.REFUSED, ExitCode.REFUSED,
+            return Verdict(RunStatus.REFUSED,
                            f"{self.env}: revision {revision[:12]} was refused (run "
                            f"{state.refused_run}): {state.refused_message}",
                            transition=checked)
-        return Verdict(RunStatus.NOTHING, ExitCode.NOTHING,
+        return Verdict(RunStatus.NOTHING,
                        f"{self.env}: nothing to do, revision {revision[:12]} already applied "
                        f"(run {state.applied_run})", transition=checked)
 
@@ -329,7 +333,7 @@ class Cycle:
             return fallback, good
         self._start(self.run_record.revision if self.run_record else None)
         kept = f"; the last good revision {good[:12]} stays in use" if good else ""
-        raise Stop(Verdict(RunStatus.ERROR, ExitCode.ERROR, f"fetch failed: {error}{kept}",
+        raise Stop(Verdict(RunStatus.ERROR, f"fetch failed: {error}{kept}",
                            transition=Transition.fetch_failed(error, time.time())),
                    fetch_failed=True)
 
@@ -378,7 +382,7 @@ class Cycle:
         if self.remote and not self.check:
             transition = Transition.refused(self.run_record.revision, self.run_record.id,
                                             message)
-        return Verdict(RunStatus.REFUSED, ExitCode.REFUSED, message, transition=transition)
+        return Verdict(RunStatus.REFUSED, message, transition=transition)
 
     def _verdict(self, the_plan, outcome) -> Verdict:
         hosts = dict(outcome.hosts) if outcome else {}
@@ -386,8 +390,8 @@ class Cycle:
             platform = next((p for p, names in the_plan.platforms.items() if host in names), None)
             hosts[host] = HostResult(host, platform, unreachable=1, message=f"pre-flight: {why}")
         host_list = [hosts[h] for h in sorted(hosts)]
-        status, code, message = judge(outcome, host_list, self.mode, self.check)
-        verdict = Verdict(status, code, self.redactor.scrub(message), host_list,
+        status, message = judge(outcome, host_list, self.mode, self.check)
+        verdict = Verdict(status, self.redactor.scrub(message), host_list,
                           outcome.tasks if outcome else [])
         partial = bool(the_plan.limit or the_plan.tags or the_plan.skip_tags)
         run, now = self.run_record, time.time()
@@ -403,26 +407,18 @@ class Cycle:
     def _internal_error(self, exc: Exception) -> Verdict:
         """An unexpected exception: the traceback goes to a file in the state directory
         (secrets scrubbed), the run and the user get one line saying where."""
-        import traceback
-
         name = self.run_record.id if self.run_record else new_run_id()
-        path = self.settings.state_path / "logs" / f"{name}.traceback"
-        where = ""
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(self.redactor.scrub("".join(traceback.format_exception(exc))))
-            where = f"; details in {path}"
-        except OSError:
-            pass
-        return Verdict(RunStatus.ERROR, ExitCode.ERROR, self.redactor.scrub(
+        where = save_traceback(self.settings.state_path, name, self.redactor)
+        return Verdict(RunStatus.ERROR, self.redactor.scrub(
             f"internal error: {type(exc).__name__}: {exc}{where}"))
 
     # -- record -> report ---------------------------------------------------------------
     def _finish(self, verdict: Verdict, stop: Stop | None) -> Result:
         """Record the run and its state transition once, then report it."""
-        if self.fetch_error and verdict.transition:
-            verdict.transition = verdict.transition.then(
-                Transition.fetch_failed(self.fetch_error, time.time()))
+        if self.fetch_error:  # --force went past a failed fetch: the state keeps saying so
+            failed = Transition.fetch_failed(self.fetch_error, time.time())
+            verdict.transition = verdict.transition.then(failed) if verdict.transition \
+                else failed
         if self.run_record:
             self.store.finish_run(self.run_record, verdict)
         elif verdict.transition:
@@ -437,7 +433,7 @@ class Cycle:
             self._retention()
         run = self.run_record
         message = stop.message if stop and stop.message else verdict.message
-        return Result(ExitCode(verdict.exit_code), verdict.status, message,
+        return Result(verdict.exit_code, verdict.status, message,
                       run.id if run else None, run.revision if run else None,
                       list(verdict.hosts), fetch_failed=bool(stop and stop.fetch_failed))
 
@@ -456,24 +452,24 @@ class Cycle:
 CONVERGED = (RunStatus.CHANGED, RunStatus.UNCHANGED, RunStatus.FAILED)
 
 
-def judge(outcome, hosts, mode: Mode, check: bool) -> tuple[RunStatus, ExitCode, str]:
+def judge(outcome, hosts, mode: Mode, check: bool) -> tuple[RunStatus, str]:
     """How a converge ended, from Ansible's outcome and the per-host results."""
     failed = [h.host for h in hosts if h.outcome in FAILED_OUTCOMES]
     changed = [h.host for h in hosts if h.outcome == "changed"]
     verb = "would change" if check else "changed"
     if outcome and outcome.status == "error":
-        return RunStatus.ERROR, ExitCode.ERROR, f"ansible failed: {outcome.message}"
+        return RunStatus.ERROR, f"ansible failed: {outcome.message}"
     if outcome and outcome.status in ("timeout", "cancelled"):
-        return RunStatus.CANCELLED, ExitCode.ERROR, outcome.message
+        return RunStatus.CANCELLED, outcome.message
     if failed:
-        return RunStatus.FAILED, ExitCode.FAILED, (
+        return RunStatus.FAILED, (
             f"{len(failed)} of {len(hosts)} hosts failed or unreachable: {', '.join(failed)}")
     if changed and mode is Mode.DRIFT:
-        return RunStatus.DRIFTED, ExitCode.CHANGED, (
+        return RunStatus.DRIFTED, (
             f"drift on {len(changed)} of {len(hosts)} hosts: " + ", ".join(changed))
     if changed:
-        return RunStatus.CHANGED, ExitCode.CHANGED, f"{len(changed)} of {len(hosts)} hosts {verb}"
-    return RunStatus.UNCHANGED, ExitCode.OK, f"{len(hosts)} hosts converged, nothing " + (
+        return RunStatus.CHANGED, f"{len(changed)} of {len(hosts)} hosts {verb}"
+    return RunStatus.UNCHANGED, f"{len(hosts)} hosts converged, nothing " + (
         "would change" if check else "changed")
 
 
@@ -487,7 +483,5 @@ def would_change(tasks) -> dict[str, list[str]]:
 
 
 def _level(verdict: Verdict) -> str:
-    if verdict.status is RunStatus.NOTHING:
-        return "info"
     return "error" if verdict.exit_code in (ExitCode.ERROR, ExitCode.FAILED,
                                             ExitCode.REFUSED) else "info"

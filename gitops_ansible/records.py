@@ -86,7 +86,8 @@ def run_detail(state_dir: Path, run_id: str) -> dict | None:
 def suspend(state_dir: Path, env: str, reason: str) -> EnvState:
     """No changing pull cycle of ``env`` until ``resume``; push still converges."""
     with closing(_store(state_dir)) as store:
-        return store.apply(env, Transition.suspended(reason, time.time()))
+        store.apply(env, Transition.suspended(reason, time.time()))
+        return store.env_state(env)
 
 
 def resume(state_dir: Path, env: str) -> str | None:

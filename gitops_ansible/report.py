@@ -187,6 +187,21 @@ class ConsoleReporter(Reporter):
         stream.flush()
 
 
+def save_traceback(state_dir: Path, name: str, redactor: "Redactor | None" = None) -> str:
+    """Write the traceback being handled to STATE_DIR/logs/NAME.traceback (secrets masked);
+    return " (details in PATH)" for the user's one line, or "" when it cannot be written."""
+    import traceback
+
+    path = Path(state_dir) / "logs" / f"{name}.traceback"
+    text = traceback.format_exc()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(redactor.scrub(text) if redactor else text)
+    except OSError:
+        return ""
+    return f" (details in {path})"
+
+
 def table(header, rows) -> str:
     rows = [tuple(header)] + [tuple(str(c) for c in row) for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from .report import ExitCode
+
 # Version 1: the tables below. A store written by a newer release is refused.
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -97,9 +99,22 @@ class RunStatus(StrEnum):
     def failure(self) -> bool:
         return self in _FAILURE
 
+    @property
+    def exit_code(self) -> ExitCode:
+        return EXIT_CODES[self]
+
 
 _SUCCESS = frozenset({RunStatus.CHANGED, RunStatus.UNCHANGED, RunStatus.NOTHING,
                       RunStatus.SUSPENDED})
+# The exit code of every way a cycle can end (README's table): one status, one code.
+EXIT_CODES = {
+    RunStatus.UNCHANGED: ExitCode.OK, RunStatus.CHANGED: ExitCode.CHANGED,
+    RunStatus.DRIFTED: ExitCode.CHANGED, RunStatus.NOTHING: ExitCode.NOTHING,
+    RunStatus.SUSPENDED: ExitCode.NOTHING, RunStatus.FAILED: ExitCode.FAILED,
+    RunStatus.REFUSED: ExitCode.REFUSED, RunStatus.BUSY: ExitCode.BUSY,
+    RunStatus.ERROR: ExitCode.ERROR, RunStatus.CANCELLED: ExitCode.ERROR,
+    RunStatus.INTERRUPTED: ExitCode.ERROR,
+}
 _FAILURE = frozenset({RunStatus.ERROR, RunStatus.FAILED, RunStatus.CANCELLED})
 FAILED_OUTCOMES = ("failed", "unreachable")
 
@@ -262,11 +277,14 @@ class RunRecord:
 class Verdict:
     """How a run ended: what ``finish_run`` writes, and the state transition with it."""
     status: RunStatus
-    exit_code: int
     message: str
     hosts: list[HostResult] = field(default_factory=list)
     tasks: list[TaskResult] = field(default_factory=list)
     transition: Transition | None = None
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return self.status.exit_code
 
 
 def new_run_id() -> str:
@@ -282,18 +300,24 @@ class Store:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"run store {path}: cannot create its directory "
+                             f"{exc.filename or path.parent}: {exc.strerror}") from None
+        try:
             self.db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(self._advice(exc)) from None
+        try:
             self.db.row_factory = sqlite3.Row
             self._open()
-        except (sqlite3.DatabaseError, OSError) as exc:
+        except (sqlite3.DatabaseError, StoreError) as exc:
+            self.db.close()
             raise StoreError(self._advice(exc)) from None
 
     def _advice(self, exc: Exception) -> str:
         if isinstance(exc, StoreError):
             return str(exc)
-        text = getattr(exc, "strerror", None) or str(exc)
-        if self.path.is_dir():
-            text = "it is a directory"
+        text = "it is a directory" if self.path.is_dir() else str(exc)
         return (f"run store {self.path}: cannot be used ({text}). It is never overwritten: "
                 f"move it aside (mv {self.path} {self.path}.broken) and the next run starts "
                 "a fresh store")
@@ -335,12 +359,11 @@ class Store:
         return [EnvState.from_row(r["env"], r)
                 for r in self.db.execute("SELECT * FROM environments ORDER BY env")]
 
-    def apply(self, env: str, transition: Transition) -> EnvState:
-        """Write one transition on its own; return the state after it."""
+    def apply(self, env: str, transition: Transition) -> None:
+        """Write one transition on its own."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self._apply(env, transition)
-        return self.env_state(env)
 
     def _apply(self, env: str, transition: Transition) -> None:
         self.db.execute("INSERT OR IGNORE INTO environments (env) VALUES (?)", (env,))

@@ -304,7 +304,7 @@ def converged(state_dir, env: str, revision: str, hosts) -> None:
         store.start_run(run)
         failed = any(h.outcome in ("failed", "unreachable") for h in hosts)
         store.finish_run(run, Verdict(RunStatus.FAILED if failed else RunStatus.CHANGED,
-                                      4 if failed else 2, "converged", list(hosts),
+                                      "converged", list(hosts),
                                       transition=Transition.applied(revision, run.id, 1.0,
                                                                     not failed, True)))
 

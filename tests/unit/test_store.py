@@ -13,11 +13,12 @@ def test_run_lifecycle_and_env_state(tmp_path):
     store.start_run(run)
     assert store.runs("dev")[0]["status"] == "running"
     store.finish_run(run, Verdict(
-        RunStatus.CHANGED, ExitCode.CHANGED, "1 of 1 hosts changed",
+        RunStatus.CHANGED, "1 of 1 hosts changed",
         [HostResult("web-1", "baremetal", ok=3, changed=1)],
         [TaskResult("web-1", "Write motd", "motd", "changed", 0.2)],
         Transition.applied("abc", run.id, run.started_at, good=True, fetched=True)))
     assert store.env_state("dev").applied_revision == "abc"
+    assert store.runs("dev")[0]["exit_code"] == ExitCode.CHANGED
     assert store.host_results(run.id)[0]["outcome"] == "changed"
     assert store.task_results(run.id)[0]["changed"] == 1
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
