@@ -37,7 +37,7 @@ from pathlib import Path
 
 import yaml
 
-from .boundary import checkout_files, files_inside, outside_refs, within
+from .boundary import checkout_files, files_inside, follow_refs, within
 from .problems import Problem, Refused, one_line, refuse, relative
 from .yamlscan import (YAML_ERRORS, Loader, Scan, kind_of, read_vault_password, scan_files,
                        vault_lib, yaml_problem)
@@ -565,11 +565,10 @@ def load(checkout: Path, settings) -> Inventory:
     files = checkout_files(checkout, root, [inv_path, playbook_dir, checkout / "roles"])
     password = read_vault_password(settings, checkout)
     scan = scan_files(checkout, root, inv_path, files, vault_lib(password))
-    refuse(scan.problems + outside_refs(scan, scan.refs, playbook_dir.resolve()))
+    refuse(scan.problems + follow_refs(scan, playbook_dir.resolve()))
     checked = len(scan.refs)  # the platform playbooks may be read only now
     platforms, problems = _read_platforms(scan, settings.playbook)
-    refuse(problems + scan.problems
-            + outside_refs(scan, scan.refs[checked:], playbook_dir.resolve()))
+    refuse(problems + scan.problems + follow_refs(scan, playbook_dir.resolve(), checked))
     hosts, limited = _ansible_hosts(inv_path, scan, password, settings.limit)
     targets = {host.name: _target(host, platforms) for host in hosts}
     inv_rel = f"{settings.inventory_dir}/{settings.env}"

@@ -82,8 +82,10 @@ def one_line(value: str, what: str = "value") -> str:
 
 def inside(path: Path, directory: Path) -> Path:
     """``path`` resolved (symlinks included) if it lies under ``directory`` (resolved too)."""
-    base = Path(directory).resolve()
-    resolved = Path(path).resolve()
+    try:
+        base, resolved = Path(directory).resolve(), Path(path).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # a link loop, a NUL in the name
+        raise Outside(f"{path}: cannot be resolved ({exc}): refusing to write there") from None
     if not resolved.is_relative_to(base):
         raise Outside(f"{path} resolves to {resolved}, outside {base}: refusing to write there")
     return resolved

@@ -255,7 +255,8 @@ class Scan:
                                       scalar.value, Path(real)))
 
     def vault_value(self, rel: str, line: int, ciphertext: str) -> str:
-        return self._decrypt(rel, line, ciphertext) or ciphertext
+        plain = self._decrypt(rel, line, ciphertext)
+        return ciphertext if plain is None else plain
 
     def _decrypt(self, rel: str, line: int | None, ciphertext: str) -> str | None:
         if self.vault is None:
