@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from .problems import Problem, refuse, relative
-from .yamlscan import ROLE_KEYS, Scan
+from .yamlscan import ROLE_KEYS, Scan, templated
 
 
 def inside(path: Path, root: Path) -> bool:
@@ -110,7 +110,7 @@ def _targets(scan: Scan, key: str, value: str, path: Path, playbook_dir: Path) -
     """Where a static path may lead, from each directory Ansible searches (None: it cannot
     be resolved); nothing for a templated path or a plain role name."""
     is_role = key.rsplit(".", 1)[-1] in ROLE_KEYS
-    if "{{" in value or "{%" in value or (is_role and "/" not in value
+    if templated(value) or (is_role and "/" not in value
                                           and value not in (".", "..")):
         return []
     bases = [path.parent, playbook_dir, scan.root / "roles"]

@@ -38,9 +38,9 @@ from pathlib import Path
 import yaml
 
 from .boundary import checkout_files, files_inside, follow_refs, within
-from .problems import Problem, Refused, one_line, refuse, relative
+from .problems import Problem, Refused, first_line, refuse, relative
 from .yamlscan import (YAML_ERRORS, Loader, Scan, kind_of, read_vault_password, scan_files,
-                       vault_lib, yaml_problem)
+                       templated, vault_lib, yaml_problem)
 
 
 CONNECTION_VARS = ("ansible_connection", "ansible_host", "ansible_port", "ansible_user",
@@ -238,7 +238,7 @@ def _ansible_hosts(inv_path: Path, scan: Scan, password: bytes | None,
             limited = [h.name for h in manager.get_hosts(pattern=limit)]
     except Exception as exc:  # Ansible's parse errors come as its own exception types
         raise Refused([Problem(relative(inv_path, scan.checkout), None,
-                               f"inventory: {one_line(exc)}")]) from None
+                               f"inventory: {first_line(exc)}")]) from None
     if not hosts:
         raise Refused([Problem(relative(inv_path, scan.checkout), None, "inventory has no hosts")])
     return hosts, limited
@@ -283,7 +283,7 @@ def _check_selection(scan: Scan, settings, inv_rel: str, hosts: list[_Host],
                 _collect_tags(data, known)
         if not wanted:
             problems.append(Problem("--tags", None, f"'{settings.tags}' names no tag"))
-        elif not any("{{" in tag or "{%" in tag for tag in known):  # templated: unknowable
+        elif not any(templated(tag) for tag in known):  # templated: unknowable
             unknown = sorted(wanted - known - SPECIAL_TAGS)
             if unknown:
                 problems.append(Problem("--tags", None, f"{', '.join(map(repr, unknown))} "
@@ -344,14 +344,6 @@ def _options(scan: Scan, spec: Path) -> tuple[dict, list[Problem]]:
     return options or {}, []
 
 
-def _templated(value) -> bool:
-    if isinstance(value, str):
-        return "{{" in value or "{%" in value
-    if isinstance(value, dict):
-        return any(_templated(k) or _templated(v) for k, v in value.items())
-    return isinstance(value, list) and any(_templated(item) for item in value)
-
-
 _STRINGS = ("str", "path", "bytes", "bits")
 
 
@@ -407,7 +399,7 @@ def _type_problems(scan: Scan, hosts: list[_Host], options: dict, source: str,
     for var, option in options.items():
         for host in hosts:
             value = host.values.get(var)
-            why = None if _templated(value) else _mismatch(value, option)
+            why = None if templated(value) else _mismatch(value, option)
             if why:
                 wrong.setdefault((*_where(scan, host, var, inv_rel), var, why), []).append(
                     host.name)
@@ -500,7 +492,7 @@ def _dirs(host: _Host, var: str, defaults) -> list[str]:
     out = []
     for item in dirs:
         item = _HOSTNAME_VAR.sub(host.name, str(item))
-        if "{{" not in item and "{%" not in item:  # other templating: the role checks it
+        if not templated(item):  # other templating: the role checks it
             out.append(item)
     return out
 
@@ -535,7 +527,7 @@ def _check_documents(path: Path, rel: str, required: list) -> list[Problem]:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         return [Problem(rel, None, f"cannot read: {exc}")]
-    if "{{" in text or "{%" in text:
+    if templated(text):
         return []
     problems = []
     try:

@@ -40,7 +40,7 @@ def relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def one_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
     """The first line of an error (Ansible's carry the source below it)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__

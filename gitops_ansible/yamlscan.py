@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from .problems import Problem, Refused, one_line, relative
+from .problems import Problem, Refused, first_line, relative
 
 
 VAULT_HEADER = "$ANSIBLE_VAULT"
@@ -85,7 +85,7 @@ def yaml_problem(rel: str, exc: Exception) -> Problem:
     if isinstance(exc, yaml.MarkedYAMLError):
         detail = " ".join(str(part) for part in (exc.context, exc.problem) if part)
     else:
-        detail = one_line(exc)
+        detail = first_line(exc)
     return Problem(rel, mark.line + 1 if mark else None, f"invalid YAML: {detail}")
 
 
@@ -269,7 +269,7 @@ class Scan:
             plain = self.vault.decrypt(ciphertext.encode()).decode()
         except Exception as exc:  # wrong password, corrupt data: ansible raises its own types
             self.problems.append(Problem(rel, line, f"cannot decrypt vault data: "
-                                                    f"{one_line(exc)}"))
+                                                    f"{first_line(exc)}"))
             return None
         if line is not None:
             _leaf_strings(plain, self.secrets)
@@ -319,3 +319,12 @@ def scan_files(checkout: Path, root: Path, inv_path: Path, files: list[Path], va
                 _INVENTORY_SHAPE if path.parent == inv_path else None
             scan.file(path, shape, _names_paths(parts, inv_path in path.parents))
     return scan
+
+
+def templated(value) -> bool:
+    """Does a value hold Jinja2 (``{{`` or ``{%``)? Such a value is Ansible's to resolve."""
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, dict):
+        return any(templated(k) or templated(v) for k, v in value.items())
+    return isinstance(value, list) and any(templated(item) for item in value)
