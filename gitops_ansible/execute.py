@@ -132,6 +132,7 @@ def runner_env(plan, run_id: str) -> dict:
         env["ANSIBLE_CONFIG"] = str(config)
     else:  # the repository layout: roles/ beside playbooks/
         env["ANSIBLE_ROLES_PATH"] = str(plan.checkout / "roles")
+    env.update(plan.ansible_env)
     return env
 
 

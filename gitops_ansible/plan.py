@@ -57,6 +57,8 @@ class Plan:
     vault_password_file: Path | None = None
     timeout: int = 0
     excluded: dict[str, str] = field(default_factory=dict)  # host -> why (pre-flight)
+    # Where Ansible finds collections and roles (requirements.SearchPaths.env()).
+    ansible_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def hosts(self) -> list[str]:
