@@ -29,7 +29,7 @@ def decide(state: EnvState, revision: str, force: bool = False, check: bool = Fa
     if force:
         return Decision(True, "forced")
     if check:
-        return Decision(True, "check mode")
+        return Decision(True, "a check runs on any revision")
     if revision == state.refused_revision:
         return Decision(False, "refused")
     if applied is None:

@@ -253,6 +253,8 @@ class Cycle:
                                    f"--path {checkout}: no such directory"))
             revision = source.local_revision(checkout)
             self._start(revision)
+            self.reporter.log(f"{self.env}: {self._doing()} {checkout} at "
+                              f"{(revision or 'no commit')[:12]}, run {self.run_record.id}")
         return self._converge(checkout, revision)
 
     # -- source ---------------------------------------------------------------------
@@ -266,7 +268,7 @@ class Cycle:
         if not decision.converge:
             raise Stop(self._nothing(state, revision, decision))
         self._start(revision)
-        self.reporter.log(f"{self.env}: converging {revision[:12]} ({decision.reason}), "
+        self.reporter.log(f"{self.env}: {self._doing()} {revision[:12]} ({decision.reason}), "
                           f"run {self.run_record.id}")
         try:
             revision = source.fetch(self.settings, revision)
@@ -305,6 +307,11 @@ class Cycle:
                 self.on_start(self.run_record)
         self.run_record.revision = revision
         self.reporter.bind(run_id=self.run_record.id, env=self.env, revision=revision)
+
+    def _doing(self) -> str:
+        if self.mode is Mode.PLAN:
+            return "planning (check mode with diff, nothing is changed):"
+        return "checking (check mode, nothing is changed):" if self.check else "converging"
 
     def _artifacts(self) -> Path:
         return self.settings.state_path / "artifacts" / self.env / self.run_record.id
@@ -469,8 +476,9 @@ def judge(outcome, hosts, mode: Mode, check: bool) -> tuple[RunStatus, str]:
             f"drift on {len(changed)} of {len(hosts)} hosts: " + ", ".join(changed))
     if changed:
         return RunStatus.CHANGED, f"{len(changed)} of {len(hosts)} hosts {verb}"
-    return RunStatus.UNCHANGED, f"{len(hosts)} hosts converged, nothing " + (
-        "would change" if check else "changed")
+    if check:
+        return RunStatus.UNCHANGED, f"{len(hosts)} hosts checked, nothing would change"
+    return RunStatus.UNCHANGED, f"{len(hosts)} hosts converged, nothing changed"
 
 
 def would_change(tasks) -> dict[str, list[str]]:

@@ -11,7 +11,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from .store import EnvState, Store, Transition
+from .store import EnvState, Mode, Store, Transition
 
 
 def _store(state_dir: Path) -> Store:
@@ -53,13 +53,14 @@ class EnvStatus:
 
 
 def status(state_dir: Path, env: str | None = None) -> list[EnvStatus]:
-    """Every environment the store knows (or just ``env``), with its newest run."""
+    """Every environment the store knows (or just ``env``), with its newest run that was
+    not a plan (a plan changes nothing: it is in the history, not the environment's state)."""
     with closing(_store(state_dir)) as store:
         out = []
         for state in store.environments():
             if env and state.env != env:
                 continue
-            last = store.runs(state.env, 1)
+            last = store.runs(state.env, 1, skip_mode=Mode.PLAN)
             out.append(EnvStatus(state, last[0] if last else None))
         return out
 

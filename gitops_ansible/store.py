@@ -412,10 +412,14 @@ class Store:
                  "the process ended before the run completed", row["id"]))
         return rows
 
-    def runs(self, env: str | None = None, limit: int = 20) -> list[dict]:
-        query, args = "SELECT * FROM runs", []
+    def runs(self, env: str | None = None, limit: int = 20,
+             skip_mode: Mode | None = None) -> list[dict]:
+        where, args = [], []
         if env:
-            query, args = query + " WHERE env = ?", [env]
+            where, args = ["env = ?"], [env]
+        if skip_mode:
+            where, args = where + ["mode != ?"], args + [str(skip_mode)]
+        query = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
         query += " ORDER BY started_at DESC, rowid DESC LIMIT ?"
         return [dict(r) for r in self.db.execute(query, (*args, limit))]
 
