@@ -39,6 +39,7 @@ import yaml
 
 from .boundary import checkout_files, files_inside, follow_refs, within
 from .problems import Problem, Refused, first_line, refuse, relative
+from .requirements import SearchPaths
 from .yamlscan import (YAML_ERRORS, Loader, Scan, kind_of, read_vault_password, scan_files,
                        templated, vault_lib, yaml_problem)
 
@@ -549,8 +550,11 @@ def _check_documents(path: Path, rel: str, required: list) -> list[Problem]:
     return problems
 
 
-def load(checkout: Path, settings) -> Inventory:
-    """Load and validate the environment ``settings.env`` of ``checkout``; raise ``Refused``."""
+def load(checkout: Path, settings, paths: SearchPaths | None = None) -> Inventory:
+    """Load and validate the environment ``settings.env`` of ``checkout``; raise ``Refused``.
+    ``paths``: where the run's Ansible finds collections and roles (None: the checkout's
+    ``roles/`` and no installed collections)."""
+    paths = paths or SearchPaths(roles=(checkout / "roles",))
     root = checkout.resolve()
     inv_path = _environment(checkout, root, settings)
     playbook_dir = (checkout / settings.playbook).parent
