@@ -62,7 +62,8 @@ test-unit: venv  ## the quick tier: no hosts, no Git servers
 	$(PY) -m pytest -q tests/unit
 
 # Python 3.11 with ansible-core 2.19: the oldest supported combination, quick tier plus
-# one real pull cycle. Skipped (with a message) where no Python 3.11 exists, except in CI.
+# one real pull cycle and the causes of failures as Ansible prints them. Skipped (with a
+# message) where no Python 3.11 exists, except in CI.
 test-compat:
 	@if [ -z "$(COMPAT_PYTHON)" ]; then \
 	  if [ "$$CI" = true ]; then echo "CI=true: Python 3.11 is missing for test-compat"; exit 1; fi; \
@@ -71,7 +72,8 @@ test-compat:
 	.venv-compat/bin/pip install -q -e . pytest prometheus_client==0.26.0 'ansible-core>=2.19,<2.20' && \
 	.venv-compat/bin/python -c 'import ansible, sys; print("compat: Python", sys.version.split()[0], "ansible-core", ansible.__version__)' && \
 	.venv-compat/bin/python -m pytest -q tests/unit \
-	  "tests/integration/test_pull.py::test_run_converges_then_nothing_to_do_then_new_commit"
+	  "tests/integration/test_pull.py::test_run_converges_then_nothing_to_do_then_new_commit" \
+	  tests/integration/test_causes.py
 
 vm-assets: system venv  ## build the cached guest image for the vm tests (once per machine, 5-7 min)
 	$(PY) -m lab.guest build

@@ -8,6 +8,7 @@ and the final ``playbook_on_stats`` event gives the per-host totals.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
@@ -42,6 +43,7 @@ class Execution:
         self.plan, self.redactor, self.listener = plan, redactor, listener
         self.platform_of = {h: p for p, hosts in plan.platforms.items() for h in hosts}
         self.tasks: list[TaskResult] = []
+        self.failed_items: dict[tuple, list[str]] = {}  # (host, task uuid) -> "item: why"
         self.stats: dict | None = None
         self.cancel = threading.Event()
 
@@ -50,6 +52,11 @@ class Execution:
         name, data = event.get("event"), event.get("event_data") or {}
         if name == "playbook_on_task_start" and self.listener:
             self.listener.task_start(data.get("task", ""), data.get("role"))
+        elif name == "runner_item_on_failed":
+            res = data.get("res") if isinstance(data.get("res"), dict) else {}
+            label = str(res.get("_ansible_item_label", res.get("item", "?")))[:80]
+            self.failed_items.setdefault((data.get("host"), data.get("task_uuid")), []).append(
+                f"{label}: {_failure(res)}")
         elif name in RESULT_EVENTS:
             self._result(RESULT_EVENTS[name], data)
         elif name == "playbook_on_stats":
@@ -64,8 +71,12 @@ class Execution:
             status = "ok"
         message = None
         if status in ("failed", "unreachable"):
-            message = res.get("msg") or res.get("stderr") or res.get("reason")
-            message = str(message).strip().splitlines()[-1][:500] if message else status
+            message = _failure(res) or status
+            items = self.failed_items.pop((data.get("host"), data.get("task_uuid")), [])
+            if items:  # a loop: its own message is "One or more items failed"
+                more = f"; {len(items) - ITEMS_SHOWN} more" if len(items) > ITEMS_SHOWN else ""
+                message = f"{message}: {'; '.join(items[:ITEMS_SHOWN])}{more}"
+            message = message[:1000]
         elif isinstance(res.get(REPORT_VAR), list) and res[REPORT_VAR]:
             message = "; ".join(str(item) for item in res[REPORT_VAR])[:2000]
         result = TaskResult(host=data.get("host", "?"), task=data.get("task", ""),
@@ -93,6 +104,32 @@ class Execution:
                 unreachable=count("dark", host), skipped=count("skipped", host),
                 message=f"{bad[-1].task}: {bad[-1].message}" if bad else None)
         return hosts
+
+
+ITEMS_SHOWN = 3  # a failed loop's message names its first failing items
+
+
+def _failure(res: dict) -> str:
+    """Why a task (or one loop item) failed, in one line, as Ansible said it."""
+    message = _first_line(res.get("msg")) or _first_line(res.get("reason"))
+    if message.startswith("MODULE FAILURE"):  # the cause is in the module's own output
+        return _last_line(res.get("module_stderr")) or _last_line(res.get("module_stdout")) \
+            or message
+    stderr = _last_line(res.get("stderr"))
+    if stderr and stderr not in message:
+        rc = f" (rc {res['rc']})" if isinstance(res.get("rc"), int) else ""
+        message = f"{message}{rc}: {stderr}" if message else stderr
+    return message[:500]
+
+
+def _first_line(text) -> str:
+    lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _last_line(text) -> str:
+    lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 RUN_ID_VAR = "GITOPS_ANSIBLE_RUN_ID"
@@ -174,17 +211,33 @@ def execute(plan, run_id: str, private_dir: Path, redactor: Redactor, listener=N
                            "timeout" else "cancelled")
     elif execution.stats is None:
         outcome.status = "error"
-        outcome.message = redactor.scrub(_tail(artifacts / "stdout")) or \
-            f"ansible-playbook ended with rc {runner.rc} and no results"
+        outcome.message = redactor.scrub(_ansible_error(artifacts / "stdout", plan.checkout)) \
+            or f"ansible-playbook ended with rc {runner.rc} and no results"
     return outcome
 
 
-def _tail(path: Path, lines: int = 5) -> str:
+_ORIGIN = re.compile(r"Origin: (?P<path>.+?)(?P<pos>(:\d+)+)$")
+
+
+def _ansible_error(path: Path, checkout: Path) -> str:
+    """Ansible's own error line from the output of a run that ended without results
+    ("[ERROR]: ...", "ERROR! ..." before ansible-core 2.19), with the file:line it names
+    relative to the checkout; else the last lines of the output."""
     try:
-        text = path.read_text(errors="replace").strip().splitlines()
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines()]
     except OSError:
         return ""
-    return " | ".join(line.strip() for line in text[-lines:] if line.strip())
+    for number, line in enumerate(lines):
+        if line.startswith(("[ERROR]:", "ERROR!")):
+            error = line.split(":", 1)[1].strip() if line.startswith("[") else line[6:].strip()
+            origin = next((m for m in map(_ORIGIN.match, lines[number + 1:number + 3]) if m),
+                          None)
+            if origin:
+                where, root = Path(origin["path"]), checkout.resolve()
+                where = where.relative_to(root) if where.is_relative_to(root) else where
+                error += f" ({where}{origin['pos']})"
+            return error
+    return " | ".join(line for line in lines[-5:] if line)
 
 
 def orphans(run_id: str) -> list[int]:

@@ -469,8 +469,10 @@ def judge(outcome, hosts, mode: Mode, check: bool) -> tuple[RunStatus, str]:
     if outcome and outcome.status in ("timeout", "cancelled"):
         return RunStatus.CANCELLED, outcome.message
     if failed:
-        return RunStatus.FAILED, (
-            f"{len(failed)} of {len(hosts)} hosts failed or unreachable: {', '.join(failed)}")
+        first = next(h for h in hosts if h.outcome in FAILED_OUTCOMES)
+        cause = f"; {first.host}: {first.message}" if first.message else ""
+        return RunStatus.FAILED, (f"{len(failed)} of {len(hosts)} hosts failed or "
+                                  f"unreachable: {', '.join(failed)}{cause}")
     if changed and mode is Mode.DRIFT:
         return RunStatus.DRIFTED, (
             f"drift on {len(changed)} of {len(hosts)} hosts: " + ", ".join(changed))
