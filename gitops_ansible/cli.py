@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import errno
 import json
 import os
@@ -458,14 +459,34 @@ def cmd_install_timer(args) -> int:
 def cmd_init(args) -> int:
     from . import scaffold
 
+    dest = Path(args.dir)
     try:
-        paths = scaffold.init(Path(args.dir), args.platform, args.role, args.force)
+        paths = scaffold.init(dest, args.platform, args.role, args.force)
     except (scaffold.ScaffoldError, OSError) as exc:
         print(f"gitops-ansible: init: {exc}", file=sys.stderr)
         return ExitCode.REFUSED
-    print(f"created a GitOps repository in {args.dir} ({len(paths)} files)")
-    print("next: ansible-lint && yamllint . && molecule test, from its root")
+    try:
+        revision = scaffold.commit(dest, paths)
+    except scaffold.ScaffoldError as exc:
+        print(f"gitops-ansible: init: files written, no commit: {exc}", file=sys.stderr)
+        return ExitCode.ERROR
+    made = (f"first commit {revision[:12]} on branch main" if revision else
+            "inside an existing Git repository: review and commit them")
+    print(f"created a GitOps repository in {dest} ({len(paths)} files); {made}")
+    print(INIT_NEXT.format(dir=shlex.quote(str(dest)), url=shlex.quote(
+        f"file://{dest.resolve()}")))
     return ExitCode.OK
+
+
+INIT_NEXT = """next steps:
+  cd {dir}
+  $EDITOR inventories/dev/hosts.yml      # your hosts, then: git commit -am 'dev hosts'
+  gitops-ansible plan --path . --env dev # what would change; nothing is changed
+  gitops-ansible push --path . --env dev # converge from this checkout (push mode, CI)
+  gitops-ansible run --repo {url} --env dev
+                                         # pull mode: converge the newest commit; then point
+                                         # --repo at your Git server and install-timer
+  ansible-lint && yamllint . && molecule test   # check the roles"""
 
 
 if __name__ == "__main__":

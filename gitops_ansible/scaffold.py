@@ -4,13 +4,15 @@
 Jinja2 and written without that suffix; its delimiters are `[[ ]]`, `[% %]` and `[# #]`, so
 that Ansible's own `{{ }}` and `{% %}` pass through untouched. Any other file is copied as
 it is. In paths, `__platform__`, `__role__` and `__env__` stand for the names; a path with
-`__env__` is written once per environment. Where a new repository holds the same file as
+`__env__` is written once per environment. ``commit`` makes the new directory a Git
+repository with a first commit (pull mode converges commits, not files). Where a new repository holds the same file as
 this project's own repository (ansible.cfg, the lint settings, playbooks/site.yml, ...),
 the skeleton's copy is identical to it (tests/unit/test_scaffold.py compares them).
 """
 from __future__ import annotations
 
 import re
+import subprocess
 from importlib import resources
 from pathlib import Path, PurePath
 
@@ -122,3 +124,30 @@ def init(dest: Path, platform: str = "baremetal", role: str | None = None,
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(text)
     return list(content)
+
+
+# The first commit's author when the user has no Git identity yet (a fresh machine, CI).
+INIT_IDENTITY = ["-c", "user.name=gitops-ansible init", "-c", "user.email=init@gitops-ansible"]
+
+
+def commit(dest: Path, paths: list[Path]) -> str | None:
+    """Make DEST a Git repository (branch main) and commit ``paths`` (what init wrote, not
+    what else --force wrote beside); the revision, or None when DEST was inside a
+    repository already (its owner commits, not init)."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(["git", "-C", str(dest), *args], capture_output=True,
+                                  text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ScaffoldError(f"git: {exc}") from None
+
+    if git("rev-parse", "--is-inside-work-tree").returncode == 0:
+        return None
+    identity = [] if git("config", "user.email").stdout.strip() else INIT_IDENTITY
+    for args in (["init", "-q", "-b", "main"], ["add", "--", *(str(p.relative_to(dest)) for p in paths)],
+                 [*identity, "commit", "-q", "-m", "A new GitOps repository (gitops-ansible init)"]):
+        done = git(*args)
+        if done.returncode:
+            raise ScaffoldError(f"git {args[-1] if args[0] == '-c' else args[0]}: "
+                                f"{(done.stderr or done.stdout).strip()}")
+    return git("rev-parse", "HEAD").stdout.strip()

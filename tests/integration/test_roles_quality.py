@@ -192,9 +192,12 @@ def test_init_scaffolds_a_repository_that_passes_its_own_checks(tmp_path):
 
 def test_init_repository_converges_a_controller_target_by_push(tmp_path, cli):
     """A new repository given a `local` environment (the controller as a target): plan shows
-    the role's changes, push makes them, a second push has nothing to change."""
+    the role's changes, a pull run of its commit makes them (facts on), a push has nothing
+    to change."""
     repo, target = tmp_path / "repo", tmp_path / "target/etc/baremetal_base"
-    assert init(repo).returncode == 0
+    made = init(repo)
+    assert made.returncode == 0
+    assert f"gitops-ansible run --repo file://{repo} --env dev" in made.stdout
     hosts = {"all": {"hosts": {"controller": {
         "platform": "local", "ansible_connection": "local",
         "baremetal_base_directory": str(target)}}}}
@@ -202,7 +205,11 @@ def test_init_repository_converges_a_controller_target_by_push(tmp_path, cli):
     (repo / "inventories/local/hosts.yml").write_text(yaml.safe_dump(hosts))
     cli("plan", "--env", "local", "--path", repo, check_code=2)
     assert not target.exists()
-    cli("push", "--env", "local", "--path", repo, check_code=2)
+    # init made a repository; the new environment is one commit away from a pull run
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "a local environment"], check=True)
+    cli("run", "--env", "local", "--repo", f"file://{repo}", check_code=2)
     marker = target / "managed-by-gitops"
     assert marker.read_text() == "Managed by gitops-ansible. Change the repository, not this host.\n"
     assert oct(marker.stat().st_mode & 0o777) == "0o644"
@@ -218,6 +225,9 @@ def test_init_refuses_a_non_empty_directory_unless_forced(tmp_path):
     forced = init(tmp_path, "--force", "--platform", "edge", "--role", "edge_node")
     assert forced.returncode == 0, output(forced)
     assert (tmp_path / "notes.txt").read_text() == "mine\n"
+    untracked = subprocess.run(["git", "-C", str(tmp_path), "status", "--porcelain"],
+                               capture_output=True, text=True, check=True).stdout
+    assert untracked == "?? notes.txt\n", "init committed a file it did not write"
     assert (tmp_path / "roles/edge_node/tasks/main.yml").is_file()
     assert (tmp_path / "playbooks/edge.yml").is_file()
     bad = init(tmp_path / "other", "--platform", "Bad-Name")

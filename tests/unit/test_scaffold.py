@@ -62,6 +62,15 @@ def test_init_writes_inventories_that_pass_validation(tmp_path, args, platform, 
     done = subprocess.run([sys.executable, "-m", "gitops_ansible", "init", str(repo), *args],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+    log = subprocess.run(["git", "-C", str(repo), "log", "--format=%s"], capture_output=True,
+                         text=True, check=True).stdout
+    assert log == "A new GitOps repository (gitops-ansible init)\n"
+    assert subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True,
+                          text=True, check=True).stdout == ""
+    assert "gitops-ansible plan --path . --env dev" in done.stdout
+    assert f"gitops-ansible run --repo file://{repo} --env dev" in done.stdout
+    # public roles read ansible_os_family & co: the platform's play gathers facts
+    assert yaml.safe_load((repo / f"playbooks/{platform}.yml").read_text())[0]["gather_facts"]
     for env in scaffold.ENVIRONMENTS:  # what plan and push validate before any change
         inv = inventory.load(repo, make_settings(env=env, state_dir=str(tmp_path / "state")))
         assert inv.by_platform() == {platform: [f"host-01.{env}.example.com",
