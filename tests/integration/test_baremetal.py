@@ -24,6 +24,8 @@ from tests.conftest import ROOT, events
 pytestmark = [pytest.mark.baremetal, pytest.mark.e2e]
 VAULT = ["--vault-password-file", "inventories/lab/.vault-pass"]
 WEB, DB = ("web-1", "web-2"), ("db-1",)
+HARDENED = ("web-1",)  # a subset of the platform's hosts gets one more role
+SSH_DROP_IN = "/etc/ssh/sshd_config.d/50-gitops-hardening.conf"
 
 
 def lab_inventory(tree_path: Path, lab) -> None:
@@ -38,7 +40,8 @@ def lab_inventory(tree_path: Path, lab) -> None:
     address = {name: {"ansible_host": host.address} for name, host in lab.hosts.items()}
     hosts = {"all": {"children": {"baremetal": {"children": {
         "web": {"hosts": {n: address[n] for n in WEB}},
-        "db": {"hosts": {n: address[n] for n in DB}}}}}}}
+        "db": {"hosts": {n: address[n] for n in DB}}}},
+        "hardened": {"hosts": {n: {} for n in HARDENED}}}}}
     (inv / "hosts.yml").write_text("---\n" + yaml.safe_dump(hosts, sort_keys=False))
 
 
@@ -81,7 +84,8 @@ def snapshot(lab) -> dict:
     for name in lab.hosts:
         files = {}
         for path in ("/etc/motd", "/etc/demo-app/app.conf", "/etc/demo-app/db-password",
-                     "/etc/sysctl.d/90-gitops-ansible.conf", "/home/deploy/.ssh/authorized_keys"):
+                     "/etc/sysctl.d/90-gitops-ansible.conf", "/home/deploy/.ssh/authorized_keys",
+                     SSH_DROP_IN):
             target = host_file(lab, name, path)
             files[path] = (hashlib.sha256(target.read_bytes()).hexdigest(),
                            oct(target.stat().st_mode)) if target.exists() else None
@@ -122,8 +126,13 @@ def test_commit_to_converged_hosts_then_nothing_then_one_template(cli, estate, h
     for name in WEB:
         assert "workers = " in host_file(host_lab, name, "/etc/demo-app/app.conf").read_text()
     assert not host_file(host_lab, "db-1", "/etc/demo-app/app.conf").exists()
+    # ssh_hardening runs on the hardened subset of the platform only, and its reload of
+    # sshd leaves the host reachable (the next runs below connect again)
+    assert [h for h in host_lab.hosts if state[h]["files"][SSH_DROP_IN]] == list(HARDENED)
+    assert "PasswordAuthentication no" in host_file(host_lab, "web-1", SSH_DROP_IN).read_text()
+    assert "Reload the SSH server" in first.stdout
 
-    watched = ["/etc/motd", "/etc/demo-app/app.conf", "/etc/passwd",
+    watched = ["/etc/motd", "/etc/demo-app/app.conf", "/etc/passwd", SSH_DROP_IN,
                "/etc/sysctl.d/90-gitops-ansible.conf", "/home/deploy/.ssh/authorized_keys"]
     before = mtimes(host_lab, watched)
     nothing = run(cli, estate, code=3)
