@@ -5,8 +5,8 @@ Jinja2 and written without that suffix; its delimiters are `[[ ]]`, `[% %]` and 
 that Ansible's own `{{ }}` and `{% %}` pass through untouched. Any other file is copied as
 it is. In paths, `__platform__`, `__role__` and `__env__` stand for the names; a path with
 `__env__` is written once per environment. ``commit`` makes the new directory a Git
-repository with a first commit (pull mode converges commits, not files). Where a new repository holds the same file as
-this project's own repository (ansible.cfg, the lint settings, playbooks/site.yml, ...),
+repository with a first commit (pull mode converges commits, not files). Where a new
+repository holds the same file as this project's own repository (ansible.cfg, the lint settings, playbooks/site.yml, ...),
 the skeleton's copy is identical to it (tests/unit/test_scaffold.py compares them).
 """
 from __future__ import annotations
@@ -144,8 +144,10 @@ def commit(dest: Path, paths: list[Path]) -> str | None:
     if git("rev-parse", "--is-inside-work-tree").returncode == 0:
         return None
     identity = [] if git("config", "user.email").stdout.strip() else INIT_IDENTITY
-    for args in (["init", "-q", "-b", "main"], ["add", "--", *(str(p.relative_to(dest)) for p in paths)],
-                 [*identity, "commit", "-q", "-m", "A new GitOps repository (gitops-ansible init)"]):
+    written = [str(path.relative_to(dest)) for path in paths]
+    for args in (["init", "-q", "-b", "main"], ["add", "--", *written],
+                 [*identity, "commit", "-q", "-m",
+                  "A new GitOps repository (gitops-ansible init)"]):
         done = git(*args)
         if done.returncode:
             raise ScaffoldError(f"git {args[-1] if args[0] == '-c' else args[0]}: "

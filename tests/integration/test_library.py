@@ -51,3 +51,32 @@ def test_a_pull_cycle_through_the_library(git_servers, tmp_path, capfd):
     assert moved.status is ga.RunStatus.CHANGED
     assert (estate.out / "beta.txt").read_text() == "hello beta\n"
     assert capfd.readouterr() == ("", "")
+
+
+def test_a_plan_says_what_it_does_and_is_not_the_environment_s_last_run(git_servers, tmp_path):
+    estate = local_estate(git_servers, tmp_path, "library-plan")
+    settings = ga.load_settings({"repo": git_servers.url(estate.name, "file"), "env": "dev",
+                                 "state_dir": str(tmp_path / "state")})
+    applied = ga.cycle(settings, ga.Mode.PULL)
+    estate.write("inventories/dev/host_vars/beta.yml", "---\ngreet_name: beta\n")
+    estate.commit("beta gets its own greeting")
+
+    events: list[dict] = []
+    planned = ga.cycle(settings, ga.Mode.PLAN, ga.Reporter(on_event=events.append))
+    assert planned.exit_code is ga.ExitCode.CHANGED
+    assert planned.message == "1 of 2 hosts would change"
+    said = [e["message"] for e in events if e["event"] == "log"]
+    assert any(m.startswith("dev: planning (check mode with diff, nothing is changed): ")
+               for m in said), said
+    assert not any("converging" in m for m in said), said
+    assert (estate.out / "beta.txt").read_text() == "hello world\n"
+
+    [env] = ga.status(settings.state_path, "dev")
+    assert env.last_run["id"] == applied.run_id and env.last_run["status"] == "changed"
+    assert env.state.applied_revision == applied.revision
+    assert [r["mode"] for r in ga.history(settings.state_path, "dev")] == ["plan", "pull"]
+
+    ga.cycle(settings, ga.Mode.PULL)
+    unchanged = ga.cycle(settings, ga.Mode.PLAN)
+    assert unchanged.exit_code is ga.ExitCode.OK
+    assert unchanged.message == "2 hosts checked, nothing would change"
