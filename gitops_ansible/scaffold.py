@@ -6,8 +6,9 @@ that Ansible's own `{{ }}` and `{% %}` pass through untouched. Any other file is
 it is. In paths, `__platform__`, `__role__` and `__env__` stand for the names; a path with
 `__env__` is written once per environment. ``commit`` makes the new directory a Git
 repository with a first commit (pull mode converges commits, not files). Where a new
-repository holds the same file as this project's own repository (ansible.cfg, the lint settings, playbooks/site.yml, ...),
-the skeleton's copy is identical to it (tests/unit/test_scaffold.py compares them).
+repository holds the same file as this project's own repository (ansible.cfg, the lint
+settings, playbooks/site.yml, ...), the skeleton's copy is identical to it
+(tests/unit/test_scaffold.py compares them).
 """
 from __future__ import annotations
 
