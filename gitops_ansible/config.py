@@ -113,6 +113,60 @@ def setting(kind: str, default, help: str, choices: tuple = (), minimum: int = 0
 
 
 @dataclass(frozen=True)
+class GalaxyServer:
+    """A Galaxy-compatible server (Galaxy NG, Automation Hub, Pulp) that ansible-galaxy
+    installs requirements from; ``name`` is how requirements files name it (``source:``)."""
+    name: str
+    url: str
+    token_file: str | None = None
+    where: str = field(default="settings", compare=False)
+
+    def token(self) -> str | None:
+        if not self.token_file:
+            return None
+        path = Path(self.token_file).expanduser()
+        try:
+            return path.read_text().strip() or None
+        except OSError as exc:
+            raise ConfigError(self.where, "token_file", "a readable file",
+                              f"{path}: {exc.strerror}") from None
+
+
+GALAXY_KEYS = ("name", "url", "token_file")
+# The name becomes part of ansible-galaxy's variables (ANSIBLE_GALAXY_SERVER_<NAME>_URL).
+GALAXY_NAME_RE = re.compile(r"[A-Za-z0-9_]{1,63}")
+
+
+def galaxy_servers(where: str, raw) -> tuple[GalaxyServer, ...]:
+    """``[[galaxy_servers]]`` tables, checked: known keys, a name and a URL each, unique
+    names."""
+    if not isinstance(raw, list):
+        raise ConfigError(where, "galaxy_servers", "a list of tables ([[galaxy_servers]] with "
+                                                   "name, url and token_file)", raw)
+    servers = []
+    for index, table in enumerate(raw):
+        at = f"{where}: galaxy_servers[{index}]"
+        if not isinstance(table, dict):
+            raise ConfigError(where, f"galaxy_servers[{index}]", "a table with name, url and "
+                                                                 "token_file", table)
+        for key in table:
+            if key not in GALAXY_KEYS:
+                raise ConfigError(at, key, "one of " + ", ".join(GALAXY_KEYS))
+        name, url, token_file = (table.get(key) for key in GALAXY_KEYS)
+        if not isinstance(name, str) or not GALAXY_NAME_RE.fullmatch(name):
+            raise ConfigError(at, "name", "1 to 63 characters of A-Z, a-z, 0-9 and '_'", name)
+        if name in (s.name for s in servers):
+            raise ConfigError(at, "name", "a name no other galaxy_servers entry has", name)
+        if not isinstance(url, str) or not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+            raise ConfigError(at, "url", "an http:// or https:// URL (the server's API root, "
+                                         "e.g. https://hub.example.com/api/galaxy/)", url)
+        if token_file is not None and (not isinstance(token_file, str) or not token_file):
+            raise ConfigError(at, "token_file", "a file system path", token_file)
+        servers.append(GalaxyServer(name, url, token_file, at))
+    return tuple(servers)
+
+
+@dataclass(frozen=True)
 class Settings:
     """The settings of one cycle; ``sources`` says where each value came from."""
     repo: str | None = setting("repo", None, "Git URL to pull from: file://, git://, ssh://, https:// (or a local path)")
@@ -145,12 +199,16 @@ class Settings:
     git_token_file: str | None = setting("path", None, "file holding an HTTPS token for Git (or set GITOPS_ANSIBLE_GIT_TOKEN)")
     git_token_user: str = setting("str", "x-access-token", "user name sent with the HTTPS token")
     git_timeout: int = setting("int", 60, "seconds allowed for one Git operation", minimum=1)
+    galaxy_timeout: int = setting("int", 600, "seconds allowed for installing the requirements of a "
+                                              "revision (ansible-galaxy)", minimum=1)
     keep_runs: int = setting("int", 20, "artifact directories kept per environment")
     keep_checkouts: int = setting("int", 3, "checkouts kept per environment (besides the last good one)")
     json: bool = setting("bool", False, "structured JSON lines on stdout instead of progress for a person")
     sources: dict = field(default_factory=dict, compare=False, repr=False)
     # GITOPS_ANSIBLE_GIT_TOKEN of the environment the settings were loaded from.
     git_token_env: str | None = field(default=None, compare=False, repr=False)
+    # [[galaxy_servers]] of the config file (a list of tables: no flag, no variable).
+    galaxy_servers: tuple[GalaxyServer, ...] = ()
 
     @property
     def state_path(self) -> Path:
@@ -184,8 +242,8 @@ SCHEMA = {f.name: Option(f.name, f.metadata["kind"], f.default, f.metadata["help
           for f in fields(Settings) if "kind" in f.metadata}
 
 
-def _settings(values: dict, sources: dict, environ) -> Settings:
-    return Settings(**values, sources=sources,
+def _settings(values: dict, sources: dict, environ, servers=()) -> Settings:
+    return Settings(**values, sources=sources, galaxy_servers=servers,
                     git_token_env=environ.get("GITOPS_ANSIBLE_GIT_TOKEN") or None)
 
 
@@ -216,7 +274,7 @@ def read_toml(path) -> dict:
 def read_file(path: Path) -> dict:
     data = read_toml(path)
     for key, value in data.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and key != "galaxy_servers":  # that one: galaxy_servers()
             raise ConfigError(str(path), key, "a plain value (tables are not settings)")
     return data
 
@@ -246,15 +304,18 @@ def load(flags: dict | None = None, config_path: str | None = None, environ=None
     values = {name: option.default for name, option in SCHEMA.items()}
     sources = {name: "default" for name in SCHEMA}
     path = config_path or environ.get("GITOPS_ANSIBLE_CONFIG")
+    if not path and system and DEFAULT_CONFIG.is_file():
+        path = DEFAULT_CONFIG
+    servers = ()
     if path:
-        _apply(values, sources, read_file(Path(path)), str(path))
-    elif system and DEFAULT_CONFIG.is_file():
-        _apply(values, sources, read_file(DEFAULT_CONFIG), str(DEFAULT_CONFIG))
+        data = read_file(Path(path))
+        servers = galaxy_servers(str(path), data.pop("galaxy_servers", []))
+        _apply(values, sources, data, str(path))
     for key, raw in from_environ(environ).items():
         _apply(values, sources, {key: raw}, f"environment variable {ENV_PREFIX}{key.upper()}")
     for key, raw in (flags or {}).items():
         _apply(values, sources, {key: raw}, f"flag --{key.replace('_', '-')}")
-    return _settings(values, sources, environ)
+    return _settings(values, sources, environ, servers)
 
 
 # -- the agent's file: shared settings, [agent], [[sources]], [[notify]] ----------------
@@ -317,7 +378,8 @@ def _table(data: dict, schema: dict, where: str) -> dict:
     return values
 
 
-def _source(path: str, index: int, table: dict, shared: dict, environ) -> Source:
+def _source(path: str, index: int, table: dict, shared: dict, environ,
+            servers: tuple[GalaxyServer, ...]) -> Source:
     from .schedule import ScheduleError, parse_window
 
     where = f"{path}: sources[{index}]"
@@ -326,6 +388,8 @@ def _source(path: str, index: int, table: dict, shared: dict, environ) -> Source
     table = dict(table)
     windows_raw = table.pop("windows", [])
     status_raw = table.pop("commit_status", None)
+    if "galaxy_servers" in table:  # a source's own list replaces the file's
+        servers = galaxy_servers(where, table.pop("galaxy_servers"))
     own = {k: table.pop(k) for k in list(table) if k in SOURCE_SCHEMA}
     options = _table(own, SOURCE_SCHEMA, where)
     values = {name: option.default for name, option in SCHEMA.items()}
@@ -336,12 +400,13 @@ def _source(path: str, index: int, table: dict, shared: dict, environ) -> Source
     for key in table:
         if key not in SCHEMA:
             raise ConfigError(where, key, "a known key (" + ", ".join(
-                sorted(set(SCHEMA) | set(SOURCE_SCHEMA) | {"windows", "commit_status"})) + ")")
+                sorted(set(SCHEMA) | set(SOURCE_SCHEMA) | {"windows", "commit_status",
+                                                           "galaxy_servers"})) + ")")
     if "state_dir" in table:
         raise ConfigError(where, "state_dir", "no value here: the agent keeps one store; set "
                                               "state_dir at the top of the file")
     _apply(values, sources, table, where)
-    settings = _settings(values, sources, environ)
+    settings = _settings(values, sources, environ, servers)
     for key in ("env", "repo"):
         if not values.get(key):
             raise ConfigError(where, key, "a value (every source needs repo and env)")
@@ -410,14 +475,17 @@ def load_agent(path: str, flags: dict | None = None, environ=None) -> AgentConfi
             agent[key] = AGENT_SCHEMA[key].convert(raw, f"flag --{key.replace('_', '-')}")
     raw_sources = data.pop("sources", [])
     raw_notify = data.pop("notify", [])
+    servers = galaxy_servers(str(path), data.pop("galaxy_servers", []))
     shared = dict(data)
     shared.update({k: v for k, v in (flags or {}).items() if k in SCHEMA})
     for key, value in shared.items():
         if isinstance(value, (dict, list)):
-            raise ConfigError(str(path), key, "a setting, [agent], [[sources]] or [[notify]]")
+            raise ConfigError(str(path), key, "a setting, [agent], [[sources]], [[notify]] or "
+                                              "[[galaxy_servers]]")
     if not isinstance(raw_sources, list) or not raw_sources:
         raise ConfigError(str(path), "sources", "at least one [[sources]] table with repo and env")
-    sources = [_source(str(path), i, table, shared, environ) for i, table in enumerate(raw_sources)]
+    sources = [_source(str(path), i, table, shared, environ, servers)
+               for i, table in enumerate(raw_sources)]
     seen: dict[str, str] = {}
     for index, src in enumerate(sources):
         for key, value in (("name", src.name), ("env", src.settings.env)):

@@ -347,9 +347,11 @@ class Cycle:
     # -- plan -> execute ----------------------------------------------------------------
     def _converge(self, checkout: Path, revision: str) -> Verdict:
         from . import inventory as inventory_mod  # YAML and Ansible: only when there is work
+        from . import requirements
 
-        try:
-            inventory = inventory_mod.load(checkout, self.settings)
+        try:  # the collections and roles first: validation looks for what is installed
+            paths = requirements.install(checkout, self.settings, self.reporter.log)
+            inventory = inventory_mod.load(checkout, self.settings, paths)
         except inventory_mod.Refused as exc:
             verdict = self._refused(exc.problems)
             raise Stop(verdict, logged=True, message=f"revision {revision[:12]} refused: "
@@ -357,8 +359,10 @@ class Cycle:
         if self.remote and not self.check:
             source.switch(self.settings, revision)
         token = self.settings.git_token() if self.remote else None
-        self.redactor = Redactor(inventory.secrets | ({token} if token else set()))
+        galaxy = {server.token() for server in self.settings.galaxy_servers}
+        self.redactor = Redactor(inventory.secrets | ({token} | galaxy) - {None})
         the_plan = plan_mod.build(self.settings, inventory, checkout, revision, self.check)
+        the_plan.ansible_env = paths.env()
         self._preflight(inventory, the_plan)
         outcome = None
         if not the_plan.excluded or set(the_plan.excluded) < set(the_plan.hosts):

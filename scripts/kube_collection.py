@@ -1,19 +1,22 @@
 """Install collections without Galaxy: extract them from the `ansible` wheel on PyPI.
 
-    python scripts/kube_collection.py [--version 14.5.0] [COLLECTION ...]
+    python scripts/kube_collection.py [--version 14.5.0] [--cache-dir DIR] [COLLECTION ...]
 
 COLLECTION defaults to kubernetes.core (Kubernetes platform) and community.libvirt (VM
 platform). The `ansible` package (PyPI) bundles both; the full package is ~545 MB installed,
 so only the named collections are taken from its wheel (downloaded once per call, only when
 one is missing) and placed in this interpreter's site-packages/ansible_collections/, where
 ansible-core finds collections on sys.path (as it does for the full package). Idempotent:
-a collection already there is left alone. (The file keeps its first name: the Makefile and
-older notes call it.)
+a collection already there is left alone. With --cache-dir the wheel is kept there (and
+taken from there: downloaded once per machine), also when no collection is missing: the
+lab's tests take the collections they install from it (lab/collections.py). (The file keeps
+its first name: the Makefile and older notes call it.)
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import sysconfig
@@ -36,11 +39,27 @@ def installed_version(site: Path, collection: str) -> str | None:
     return json.loads(manifest.read_text())["collection_info"]["version"]
 
 
+def wheel(version: str, cache_dir: Path | None, tmp: Path) -> Path:
+    """The `ansible` wheel: the one in ``cache_dir`` when there, else downloaded (and moved
+    into ``cache_dir`` when given: a killed download never looks complete)."""
+    name = f"ansible-{version}-py3-none-any.whl"
+    if cache_dir and (cache_dir / name).is_file():
+        return cache_dir / name
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(tmp),
+                    f"ansible=={version}"], check=True)
+    if not cache_dir:
+        return tmp / name
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp / name, cache_dir / name)
+    return cache_dir / name
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--version", default="14.5.0", help="version of the ansible package")
     parser.add_argument("collections", nargs="*", default=DEFAULT_COLLECTIONS,
                         help="namespace.name of each collection (default: %(default)s)")
+    parser.add_argument("--cache-dir", type=Path, help="keep the wheel here (and reuse it)")
     args = parser.parse_args()
     site = Path(sysconfig.get_paths()["purelib"])
     missing = []
@@ -50,13 +69,13 @@ def main() -> int:
             print(f"{collection} {version} already in {site}")
         else:
             missing.append(collection)
-    if not missing:
+    if not missing and not args.cache_dir:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp,
-                        f"ansible=={args.version}"], check=True)
-        wheel = next(Path(tmp).glob("ansible-*.whl"))
-        with zipfile.ZipFile(wheel) as archive:
+        path = wheel(args.version, args.cache_dir, Path(tmp))
+        if args.cache_dir:
+            print(f"ansible {args.version} wheel in {args.cache_dir}")
+        with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
             for collection in missing:
                 members = [m for m in names if m.startswith(prefix(collection))]
