@@ -5,9 +5,10 @@
     python -m lab down --dir /var/tmp/gitops-ansible-demo
 
 `up` builds the cached rootfs if needed, (re)starts the hosts with fresh filesystems (first
-removing what a lab with the same prefix left running) and returns; hosts get SUBNET.11,
-.12, ... in the order given; the client key is DIR/id_ed25519, known hosts DIR/known_hosts,
-the state for `down` DIR/lab.json. `down` stops everything `up` started.
+removing what a lab with the same prefix left running), waits until each has booted its
+systemd and answers SSH, and returns; hosts get SUBNET.11, .12, ... in the order given; the
+client key is DIR/id_ed25519, known hosts DIR/known_hosts, the state for `down` DIR/lab.json.
+`down` stops everything `up` started.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
     from lab.fixtures import host_lab, kube_assets, kube_cluster, lab_rootfs, vm_lab
 
 lab_rootfs   (session) Path of the cached debootstrap rootfs (built on first use, ~1 min)
-host_lab     (session) a started HostLab: hosts web-1, web-2, db-1 (SUBNET.11-13), working
-             directory under pytest's tmp dir; stopped at the session's end. Tests that stop,
-             reset or rekey a host put it back as they found it.
+host_lab     (session) a started HostLab: hosts web-1, web-2, db-1 (SUBNET.11-13), each
+             booted with systemd (sshd, journald as services), working directory under
+             pytest's tmp dir; stopped at the session's end. Tests that stop, reset or rekey
+             a host put it back as they found it.
 vm_lab       (session) a started VmLab (libvirtd, the cached guest image, a client key)
 kube_assets  (session) the Kubernetes binaries (cached; built on first use)
 kube_cluster (session) a started KubeCluster "lab"
@@ -15,8 +16,9 @@ gets a lab of its own: host lab prefix gattestN and subnet 198.18.(20+N), VM dom
 gatlabN-*; without xdist gattest, 198.18.0 and gatlab-*. Git servers, clusters and VMs
 take free ports, and every working directory is under the worker's own tmp dir.
 
-Without the prerequisites (root, namespaces, ip, debootstrap when nothing is cached) the
-fixtures skip with the reason, except under CI=true, where a missing prerequisite fails.
+Without the prerequisites (root, namespaces, ip, systemd-nspawn, debootstrap when nothing is
+cached) the fixtures skip with the reason, except under CI=true, where a missing prerequisite
+fails.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Bare hosts for tests: sshd in network namespaces, each host on its own overlay rootfs.
+"""Bare hosts for tests: Debian with systemd, each booted by systemd-nspawn in a network
+namespace of its own, over an overlay of the cached rootfs.
 
     lab = HostLab(workdir, ["web-1", "web-2"], prefix="gattest", subnet="198.18.0")
     with lab:                                   # start() ... stop()
@@ -12,23 +13,28 @@ namespace PREFIX-NAME with eth0 = SUBNET.(10+i)/24, i = 1, 2, ... in the order o
 bridge. start() refuses a subnet that this machine already routes. Each host's root is an
 overlay: lower = the cached rootfs (rootfs.py), upper/work in WORKDIR/hosts/NAME, mounted on
 the host side at WORKDIR/hosts/NAME/merged (= Host.root, so tests can read what the host has).
-sshd runs in that netns inside its own mount, PID, UTS and IPC namespaces, chrooted into the
-overlay, with fresh /proc, /sys (read-only), /dev (tmpfs + devpts) and /run. Only net.* of
-/proc/sys is writable there: those sysctls are per network namespace; the rest would change
-this machine's kernel. apt in the hosts uses the proxy (aptproxy.py) on SUBNET.1:3142.
+`systemd-nspawn --boot` boots the host's systemd (PID 1 of its own PID namespace) in that
+network namespace over that root: journald, D-Bus, logind and ssh.service run as on a
+server, so roles can start, enable, restart and reload services, sshd included. Its /proc/sys
+is read-only except net.*: those sysctls are per network namespace; the rest would change
+this machine's kernel. Each host has its own machine ID and cgroup (gitops-lab-PREFIX-NAME
+in the cgroup hierarchies systemd uses). apt in the hosts uses the proxy (aptproxy.py) on
+SUBNET.1:3142. start() returns once every host answers SSH and has finished booting.
 
 WORKDIR keeps: id_ed25519 (client key, authorized for root everywhere), known_hosts,
-hosts/NAME/ssh_host_ed25519_key (kept across start/stop/reset), hosts/NAME/sshd.log,
-aptproxy.log, lab.json (what `python -m lab down` needs). Processes, mounts and links
-carry the prefix (command-line tag gitops-lab:PREFIX:..., overlay source gitops-lab-PREFIX,
-interface and netns names PREFIX-...), so start() first removes whatever a crashed run with
-the same prefix left, and stop() removes all of it again. One lab per prefix at a time: the
-process that started a lab holds a lock on its prefix (another start() with that prefix
-waits), except `python -m lab up`, whose hosts outlive it (a later `up` replaces them).
+hosts/NAME/ssh_host_ed25519_key (kept across start/stop/reset), hosts/NAME/console.log
+(systemd-nspawn's messages and the host's console; sshd logs to the host's journal),
+aptproxy.log, lab.json (what `python -m lab down` needs). Processes, mounts, cgroups and
+links carry the prefix (command-line tag gitops-lab:PREFIX:..., overlay source
+gitops-lab-PREFIX, cgroup, interface and netns names PREFIX-...), so start() first removes
+whatever a crashed run with the same prefix left, and stop() removes all of it again. One lab
+per prefix at a time: the process that started a lab holds a lock on its prefix (another
+start() with that prefix waits), except `python -m lab up`, whose hosts outlive it (a later
+`up` replaces them).
 
 start() gives every host a fresh (empty) upper layer. stop_host/start_host: the host's
-processes die (SSH: connection refused) and come back with its filesystem kept, like a power
-cycle. reset_host: pristine filesystem, same host key. rekey_host: new host key.
+processes die (SSH: connection refused) and it boots again with its filesystem kept, like a
+power cycle. reset_host: pristine filesystem, same host key. rekey_host: new host key.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,35 +65,12 @@ DEFAULT_SUBNET = "198.18.0"
 HOST_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "HOME": "/root", "LANG": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
 
-# Runs as PID 1 of the host's new namespaces; $1 = merged root, $2 = host name.
-HOST_INIT = r"""
-set -e
-R=$1
-mount -t proc proc "$R/proc"
-mount --bind "$R/proc/sys" "$R/proc/sys"
-mount --bind "$R/proc/sys/net" "$R/proc/sys/net"
-mount -o remount,bind,ro "$R/proc/sys"
-mount -t sysfs -o ro sysfs "$R/sys"
-mount -t tmpfs -o mode=755,nosuid tmpfs "$R/dev"
-mknod -m 666 "$R/dev/null" c 1 3
-mknod -m 666 "$R/dev/zero" c 1 5
-mknod -m 666 "$R/dev/full" c 1 7
-mknod -m 666 "$R/dev/random" c 1 8
-mknod -m 666 "$R/dev/urandom" c 1 9
-mknod -m 666 "$R/dev/tty" c 5 0
-mkdir -m 755 "$R/dev/pts" && mkdir -m 1777 "$R/dev/shm"
-mount -t devpts -o newinstance,ptmxmode=0666,mode=620,gid=5 devpts "$R/dev/pts"
-mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/dev/shm"
-ln -s pts/ptmx "$R/dev/ptmx"
-ln -s /proc/self/fd "$R/dev/fd"
-ln -s /proc/self/fd/0 "$R/dev/stdin"
-ln -s /proc/self/fd/1 "$R/dev/stdout"
-ln -s /proc/self/fd/2 "$R/dev/stderr"
-mount -t tmpfs -o mode=755,nosuid,nodev tmpfs "$R/run"
-mkdir -m 755 "$R/run/sshd" && mkdir -m 1777 "$R/run/lock"
-hostname "$2"
-exec chroot "$R" /usr/sbin/sshd -D -e -o HostKey=/etc/ssh/ssh_host_ed25519_key
-"""
+# systemd-nspawn's environment: of /proc/sys only net.* is writable (the rest is this
+# machine's kernel); /tmp on the host's own disk, as on a server (nspawn's default: a tmpfs).
+NSPAWN_ENV = {"SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network", "SYSTEMD_NSPAWN_TMPFS_TMP": "0"}
+# Moves itself into the cgroups named by $1 (cgroup.procs files), then runs the rest: nspawn
+# makes its container's cgroups under its own, and two hosts must not share them.
+JOIN_CGROUPS = 'for procs in $1; do echo $$ > "$procs"; done; shift; exec "$@"'
 
 
 @dataclass
@@ -139,7 +123,7 @@ class HostLab:
                 self._mount_fresh(name)
                 self._spawn(name)
             for name in self.names:
-                self._wait_ssh(name)
+                self._wait_booted(name)
             self._write_state()
         except BaseException:
             self.stop()
@@ -162,11 +146,10 @@ class HostLab:
     def cleanup(self) -> None:
         """Kill, unmount and delete whatever carries this lab's prefix."""
         self._kill(f"gitops-lab:{self.prefix}:")
-        for line in open("/proc/self/mountinfo"):
-            fields = line.split()
-            after = fields[fields.index("-") + 1:]
-            if after[:2] == ["overlay", f"gitops-lab-{self.prefix}"]:
-                _umount(fields[4])
+        self._remove_cgroups(f"gitops-lab-{self.prefix}-*")
+        for mountpoint, fstype, source, _ in _mounts():
+            if (fstype, source) == ("overlay", f"gitops-lab-{self.prefix}"):
+                _umount(mountpoint)
         for ns in _lines("ip", "netns", "list"):
             if ns.split()[0].startswith(self.prefix + "-"):
                 run("ip", "netns", "delete", ns.split()[0], check=False)
@@ -189,7 +172,8 @@ class HostLab:
 
     # ---- one host ----------------------------------------------------------------------
     def exec(self, name: str, argv, **kwargs) -> subprocess.CompletedProcess:
-        """Run argv inside host NAME (its namespaces and root), as root; output captured as text."""
+        """Run argv inside host NAME (the namespaces and root of its systemd), as root; output
+        captured as text."""
         kwargs.setdefault("capture_output", True)
         kwargs.setdefault("text", True)
         cmd = ["nsenter", "-t", str(self._pid1(name)), "-m", "-u", "-i", "-n", "-p", "-r", "-w",
@@ -197,13 +181,15 @@ class HostLab:
         return subprocess.run(cmd, env=HOST_ENV, **kwargs)
 
     def stop_host(self, name: str) -> None:
-        """All of the host's processes die; its address answers 'connection refused'."""
+        """All of the host's processes die at once (no shutdown, like a power cut); its
+        address answers 'connection refused'."""
         self._kill(f"gitops-lab:{self.prefix}:host:{name}")
+        self._remove_cgroups(f"gitops-lab-{self.prefix}-{name}")
 
     def start_host(self, name: str) -> None:
         self.stop_host(name)
         self._spawn(name)
-        self._wait_ssh(name)
+        self._wait_booted(name)
 
     def reset_host(self, name: str) -> None:
         """Pristine filesystem (empty upper layer), same host key."""
@@ -314,6 +300,7 @@ class HostLab:
              f"lowerdir={self.rootfs},upperdir={d / 'upper'},workdir={d / 'work'}", str(host.root))
         r = host.root
         (r / "etc/hostname").write_text(f"{name}\n")
+        (r / "etc/machine-id").write_text(f"{uuid.uuid4().hex}\n")  # a new one per install
         (r / "etc/hosts").write_text(f"127.0.0.1\tlocalhost\n{host.address}\t{name}\n")
         (r / "etc/apt/apt.conf.d/01gitops-lab-proxy").write_text(
             f'Acquire::http::Proxy "{self.proxy_url}";\n')
@@ -326,18 +313,33 @@ class HostLab:
             dest = root / f"etc/ssh/ssh_host_ed25519_key{suffix}"
             shutil.copyfile(self._dir(name) / f"ssh_host_ed25519_key{suffix}", dest)
             dest.chmod(0o644 if suffix else 0o600)
-        argv = ["nsenter", f"--net=/run/netns/{self.prefix}-{name}", "--",
-                "unshare", "--mount", "--uts", "--ipc", "--pid", "--fork", "--kill-child", "--",
-                "sh", "-c", HOST_INIT, f"gitops-lab:{self.prefix}:host:{name}", str(root), name]
-        self._popen(name, argv, self._dir(name) / "sshd.log")
+        cgroups = [top / f"gitops-lab-{self.prefix}-{name}" for top in _cgroup_roots()]
+        for cgroup in cgroups:
+            cgroup.mkdir(exist_ok=True)
+        argv = ["sh", "-c", JOIN_CGROUPS, "sh", " ".join(f"{c}/cgroup.procs" for c in cgroups),
+                "systemd-nspawn", "--quiet", "--boot", f"--directory={root}",
+                f"--machine={self.prefix}-{name}", "--settings=no",
+                # No machined and no systemd on this machine to ask for a scope unit.
+                "--register=no", "--keep-unit", "--private-users=no",
+                f"--network-namespace-path=/run/netns/{self.prefix}-{name}",
+                "--capability=CAP_NET_ADMIN",  # its own addresses, routes and net.* sysctls
+                # The host's own files stay: no resolver, UTC, its journal inside.
+                "--resolv-conf=off", "--timezone=off", "--link-journal=no",
+                "--console=pipe",
+                # After --boot, arguments go to the host's systemd, which ignores a word it
+                # does not know: this one tags nspawn's command line.
+                "--", f"gitops-lab:{self.prefix}:host:{name}"]
+        self._popen(name, argv, self._dir(name) / "console.log", NSPAWN_ENV)
 
-    def _popen(self, key: str, argv: list[str], log_path: Path) -> None:
+    def _popen(self, key: str, argv: list[str], log_path: Path, env: dict | None = None) -> None:
         with open(log_path, "ab") as log:  # own session: the lab outlives `python -m lab up`
             self._procs[key] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                                stderr=subprocess.STDOUT, start_new_session=True)
+                                                stderr=subprocess.STDOUT, start_new_session=True,
+                                                env=dict(os.environ, **(env or {})))
 
-    def _wait_ssh(self, name: str) -> None:
-        host, proc, log = self.hosts[name], self._procs[name], self._dir(name) / "sshd.log"
+    def _wait_booted(self, name: str) -> None:
+        """Until the host answers SSH and its systemd has finished starting its units."""
+        host, proc, log = self.hosts[name], self._procs[name], self._dir(name) / "console.log"
 
         def ready() -> bool:
             if proc.poll() is not None:
@@ -345,33 +347,53 @@ class HostLab:
                                    + log.read_text(errors="replace")[-2000:])
             return ssh_banner(host.address, host.port)
         _wait(ready, 30, f"sshd on {name}", log)
+        # "running", or "degraded" when a unit failed: either way the boot is over.
+        self.exec(name, ["systemctl", "is-system-running", "--wait"], timeout=60)
 
     def _pid1(self, name: str) -> int:
-        """PID (seen from here) of the host's init: the child of its tagged unshare process."""
-        tagged = {pid for pid, _, argv in _processes()
-                  if f"gitops-lab:{self.prefix}:host:{name}" in argv}
-        for pid, ppid, _ in _processes():
-            if ppid in tagged:
+        """PID (seen from here) of the host's systemd: the child of its tagged systemd-nspawn
+        that has a PID namespace of its own."""
+        procs = list(_processes())
+        tagged = {pid for pid, _, argv in procs if f"gitops-lab:{self.prefix}:host:{name}" in argv}
+        for pid, ppid, _ in procs:
+            if ppid in tagged and _pid_namespace(pid) not in (None, _pid_namespace(ppid)):
                 return pid
         raise RuntimeError(f"host {name} is not running")
 
     def _kill(self, tag: str) -> None:
-        """SIGKILL the processes tagged TAG (TAG* if it ends with ':') and their children (a
-        host's PID 1: with it dies the host's whole PID namespace); wait until they are gone."""
+        """SIGKILL the processes tagged TAG (TAG* if it ends with ':') and their children; wait
+        until they are gone. The children go first: with a host's systemd dies its whole PID
+        namespace, and its systemd-nspawn then exits by itself, removing its lock and its
+        entries in /run/systemd/nspawn (nspawn is killed only if it has not after a while)."""
         procs = list(_processes())
         tagged = {pid for pid, _, argv in procs if pid != os.getpid() and any(
             a == tag or (tag.endswith(":") and a.startswith(tag)) for a in argv)}
-        victims = tagged | {pid for pid, ppid, _ in procs if ppid in tagged}
-        for pid in victims:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        children = {pid for pid, ppid, _ in procs if ppid in tagged}
+        parents = {ppid for pid, ppid, _ in procs if pid in children}
+        _sigkill(children | (tagged - parents))
+        _gone(parents, 5)
+        _sigkill(parents)
+        victims = tagged | children
         for key, proc in list(self._procs.items()):
             if proc.pid in victims:
                 proc.wait()
                 del self._procs[key]
-        _wait(lambda: not any(_alive(pid) for pid in victims), 15, f"end of {tag} processes")
+        if not _gone(victims, 15):
+            raise TimeoutError(f"timed out after 15 s waiting for the end of {tag} processes")
+
+    def _remove_cgroups(self, pattern: str) -> None:
+        """Remove the hosts' cgroups named PATTERN (a glob), deepest first; a process that
+        is exiting may keep one busy for a moment."""
+        def removed() -> bool:
+            tops = [top for root in _cgroup_roots() for top in root.glob(pattern)]
+            found = tops + [d for top in tops for d in top.rglob("*") if d.is_dir()]
+            for cgroup in sorted(found, key=lambda d: len(d.parts), reverse=True):
+                try:
+                    cgroup.rmdir()
+                except OSError:
+                    return False
+            return True
+        _wait(removed, 15, f"removal of the cgroups {pattern}")
 
     def _write_state(self) -> None:
         state = {"prefix": self.prefix, "subnet": self.subnet, "names": self.names,
@@ -385,13 +407,15 @@ def unavailable_reason(cache_dir=None) -> str | None:
     """Why this machine cannot run the lab (None if it can)."""
     if os.geteuid() != 0:
         return "the host lab needs root (network namespaces, mounts)"
-    tools = ["ip", "nsenter", "unshare", "mount", "ssh", "ssh-keygen"]
+    tools = ["ip", "nsenter", "unshare", "mount", "ssh", "ssh-keygen", "systemd-nspawn"]
     if not (cache_root(cache_dir) / ROOTFS_KEY).is_dir():
         tools.append("debootstrap")
     missing = [t for t in tools if not shutil.which(t)]
     if missing:
         return f"the host lab needs {', '.join(missing)} (apt-get install iproute2 " \
-               "openssh-client debootstrap)"
+               "openssh-client debootstrap systemd-container)"
+    if not _cgroup_roots():
+        return "no cgroup2 or name=systemd cgroup hierarchy is mounted (systemd-nspawn needs one)"
     if subprocess.run(["unshare", "--net", "--mount", "--pid", "--fork", "true"],
                       capture_output=True).returncode:
         return "cannot create network/mount/PID namespaces here"
@@ -418,6 +442,31 @@ def _processes():
         yield int(entry), int(stat.rsplit(")", 1)[1].split()[1]), argv.split("\0")
 
 
+def _pid_namespace(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+def _sigkill(pids) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _gone(pids, timeout: float) -> bool:
+    """Wait until none of PIDS is alive, at most TIMEOUT seconds; are they gone?"""
+    deadline = time.monotonic() + timeout
+    while any(_alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def _alive(pid: int) -> bool:
     try:
         os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
@@ -438,9 +487,24 @@ def _wait(ready, timeout: float, what: str, log: Path | None = None) -> None:
         time.sleep(0.05)
 
 
+def _mounts():
+    """(mount point, file system type, source, super options) of every mount here."""
+    for line in open("/proc/self/mountinfo"):
+        fields = line.split()
+        fstype, source, options = fields[fields.index("-") + 1:][:3]
+        yield fields[4], fstype, source, options.split(",")
+
+
 def _mounted_under(path: Path) -> bool:
     prefix = str(path) + "/"
-    return any(line.split()[4].startswith(prefix) for line in open("/proc/self/mountinfo"))
+    return any(mountpoint.startswith(prefix) for mountpoint, *_ in _mounts())
+
+
+def _cgroup_roots() -> list[Path]:
+    """The cgroup hierarchies that systemd (and so nspawn) uses: the unified (cgroup2) one
+    and, on a machine with both, the v1 name=systemd one."""
+    return [Path(mountpoint) for mountpoint, fstype, _, options in _mounts()
+            if fstype == "cgroup2" or (fstype == "cgroup" and "name=systemd" in options)]
 
 
 def _umount(mountpoint: str) -> None:

@@ -8,11 +8,13 @@ recipe, bump the key, and the next call builds anew. The build goes to a tempora
 beside the final one and is renamed into place, under an flock (cache.build_once), so
 concurrent builders neither clash nor see half a tree.
 
-Inside: no SSH host keys (each lab host gets its own at start), /usr/sbin/policy-rc.d
-exiting 101 (package postinst scripts do not start daemons; `service NAME start` still
-does), apt package lists fetched at build time, Release validity dates not checked (the
-mirror may be a frozen snapshot). Each host's apt proxy setting is written at host start
-(see hosts.py), because the proxy address depends on the lab's subnet.
+Inside: systemd as init (systemd-sysv, dbus: each host boots it under systemd-nspawn, see
+hosts.py) with ssh.service enabled; no SSH host keys (each lab host gets its own at start;
+sshd is told to load only the ed25519 one), no machine ID (each host gets its own), apt
+package lists fetched at build time, Release validity dates not checked (the mirror may be
+a frozen snapshot). Package scripts start and restart daemons as on any Debian server. Each
+host's apt proxy setting is written at host start (see hosts.py), because the proxy address
+depends on the lab's subnet.
 
 Also here: apt_sources() / mirror_hosts(), the parsed apt sources of this machine, which the
 apt proxy uses as its allow-list.
@@ -28,8 +30,9 @@ from urllib.parse import urlsplit
 from .cache import build_once, cache_root
 
 SUITE = "bookworm"
-PACKAGES = ["openssh-server", "python3", "python3-apt", "procps", "iproute2"]
-ROOTFS_KEY = f"rootfs-{SUITE}-v1"  # bump when the recipe below changes
+PACKAGES = ["systemd-sysv", "dbus", "openssh-server", "python3", "python3-apt", "procps",
+            "iproute2"]
+ROOTFS_KEY = f"rootfs-{SUITE}-v2"  # bump when the recipe below changes
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 APT_CONF = """\
@@ -125,7 +128,12 @@ def _build(target: Path, run) -> None:
     (etc / "hostname").write_text("localhost\n")
     for key in (etc / "ssh").glob("ssh_host_*"):
         key.unlink()
-    policy = target / "usr/sbin/policy-rc.d"
-    policy.write_text("#!/bin/sh\n# gitops-ansible lab: postinst starts no daemons\nexit 101\n")
-    policy.chmod(0o755)
+    (etc / "ssh/sshd_config.d/gitops-lab.conf").write_text(
+        "# gitops-ansible lab: each host has one host key, written at its start\n"
+        "HostKey /etc/ssh/ssh_host_ed25519_key\n")
+    # Written per host (hosts.py): journald and D-Bus tell the hosts apart by it.
+    (etc / "machine-id").write_text("")
+    dbus_id = target / "var/lib/dbus/machine-id"
+    dbus_id.unlink(missing_ok=True)
+    dbus_id.symlink_to("/etc/machine-id")
 

@@ -1,4 +1,5 @@
-"""The host lab itself works: SSH, Ansible, apt through the proxy, stop/start, reset, rekey."""
+"""The host lab itself works: systemd hosts, SSH, Ansible, apt through the proxy, stop/start,
+reset, rekey."""
 
 from __future__ import annotations
 
@@ -29,12 +30,16 @@ def ssh(lab, name, command):
 
 
 def leftovers(prefix):
-    """Interfaces, namespaces, overlay mounts and processes a lab with PREFIX would leave."""
+    """Interfaces, namespaces, overlay mounts, cgroups and processes a lab with PREFIX would
+    leave."""
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     found = [w for w in (links + netns).split() if w.startswith(f"{prefix}-")]
     found += [m for m in Path("/proc/self/mountinfo").read_text().splitlines()
               if f"gitops-lab-{prefix} " in m]
+    cgroups = Path("/sys/fs/cgroup")
+    found += [str(c) for pattern in (f"gitops-lab-{prefix}-*", f"*/gitops-lab-{prefix}-*")
+              for c in cgroups.glob(pattern)]
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     return found + [p for p in ps.splitlines() if f"gitops-lab:{prefix}:" in p]
 
@@ -44,6 +49,32 @@ def test_ssh_into_every_host(host_lab):
         result = ssh(host_lab, name, "hostname")
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == name
+
+
+def test_hosts_boot_systemd_with_sshd_and_journald(host_lab):
+    machine_ids = set()
+    for name in host_lab.hosts:
+        assert ssh(host_lab, name, "systemctl is-system-running").stdout.strip() == "running"
+        assert ssh(host_lab, name, "systemctl --failed --no-legend --plain").stdout == ""
+        assert ssh(host_lab, name, "cat /proc/1/comm").stdout.strip() == "systemd"
+        active = ssh(host_lab, name, "systemctl is-active ssh systemd-journald dbus")
+        assert active.stdout.split() == ["active"] * 3
+        journal = ssh(host_lab, name, "journalctl -b -u ssh --no-pager")
+        assert "Server listening on 0.0.0.0 port 22" in journal.stdout
+        machine_ids.add(ssh(host_lab, name, "cat /etc/machine-id").stdout.strip())
+    assert len(machine_ids) == len(host_lab.hosts)
+
+
+def test_only_per_namespace_sysctls_are_writable_in_a_host(host_lab):
+    ours = Path("/proc/sys/net/core/somaxconn").read_text()
+    try:
+        assert ssh(host_lab, "web-1", "sysctl -w net.core.somaxconn=1234").returncode == 0
+        assert ssh(host_lab, "web-1", "sysctl -n net.core.somaxconn").stdout.strip() == "1234"
+        assert Path("/proc/sys/net/core/somaxconn").read_text() == ours
+        refused = ssh(host_lab, "web-1", "sysctl -w kernel.pid_max=40000")
+        assert refused.returncode != 0
+    finally:
+        host_lab.reset_host("web-1")
 
 
 def test_ansible_playbook_on_all_hosts(host_lab, tmp_path):
@@ -93,11 +124,16 @@ def test_apt_installs_through_the_proxy(host_lab):
 
 def test_stopped_host_is_unreachable_until_started(host_lab):
     assert ssh(host_lab, "web-2", "touch /root/kept").returncode == 0
+    boot_id = "cat /proc/sys/kernel/random/boot_id"
+    first_boot = ssh(host_lab, "web-2", boot_id).stdout
     host_lab.stop_host("web-2")
     down = ssh(host_lab, "web-2", "true")
     assert down.returncode == 255 and "refused" in down.stderr
     host_lab.start_host("web-2")
     assert ssh(host_lab, "web-2", "test -e /root/kept").returncode == 0
+    # a power cycle: booted anew, to the end
+    assert ssh(host_lab, "web-2", boot_id).stdout not in ("", first_boot)
+    assert ssh(host_lab, "web-2", "systemctl is-system-running").stdout.strip() == "running"
     host_lab.reset_host("web-2")
 
 
