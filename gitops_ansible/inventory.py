@@ -38,6 +38,7 @@ from pathlib import Path
 import yaml
 
 from .boundary import checkout_files, files_inside, follow_refs, within
+from .fqcn import Collections, RoleRef, Walk
 from .problems import Problem, Refused, first_line, refuse, relative
 from .requirements import SearchPaths
 from .yamlscan import (YAML_ERRORS, Loader, Scan, kind_of, read_vault_password, scan_files,
@@ -109,13 +110,9 @@ def _line_of(path: Path, needle: str) -> int | None:
 class Platform:
     name: str
     playbook: Path
-    roles: list[str] = field(default_factory=list)  # local roles it applies, literal names
+    roles: list[RoleRef] = field(default_factory=list)  # roles it applies, found or not
     local: bool = False  # every play on its group has connection: local
     created_by_run: bool = False  # a play on its group sets gitops_created_by_run: true
-
-
-_ROLE_MODULES = ("import_role", "include_role", "ansible.builtin.import_role",
-                "ansible.builtin.include_role")
 
 
 _PLAY_LISTS = ("roles", "pre_tasks", "tasks", "post_tasks")
@@ -134,26 +131,10 @@ def _plays(scan: Scan, path: Path) -> tuple[list[dict], list[Problem]]:
     return plays, problems
 
 
-def _listed(play: dict, key: str) -> list:
-    return play[key] if isinstance(play.get(key), list) else []
-
-
-def _roles_of(play: dict) -> list[str]:
-    roles = [item if isinstance(item, str) else item.get("role") or item.get("name")
-             for item in _listed(play, "roles") if isinstance(item, (str, dict))]
-    for section in _PLAY_LISTS[1:]:
-        for task in _listed(play, section):
-            for module in _ROLE_MODULES:
-                if isinstance(task, dict) and isinstance(task.get(module), dict):
-                    roles.append(task[module].get("name"))
-    return [r for r in roles if isinstance(r, str) and "{{" not in r and "." not in r]
-
-
 def _read_platform(scan: Scan, name: str, path: Path) -> tuple[Platform, list[Problem]]:
     plays, problems = _plays(scan, path)
     own = [p for p in plays if f"platform_{name}" in str(p.get("hosts", ""))] or plays
     platform = Platform(name, path)
-    platform.roles = [role for play in plays for role in _roles_of(play)]
     platform.local = bool(own) and all(p.get("connection") == "local" for p in own)
     platform.created_by_run = any(isinstance(p.get("vars"), dict) and
                                   p["vars"].get("gitops_created_by_run") is True for p in own)
@@ -413,31 +394,46 @@ _CONNECTION_OPTIONS = {"ansible_host": {"type": "str"}, "ansible_port": {"type":
                       "ansible_user": {"type": "str"}, "ansible_connection": {"type": "str"}}
 
 
-def _role_problems(scan: Scan, hosts: list[_Host], role: str, inv_rel: str) -> list[Problem]:
+def _spec_file(role: Path) -> Path:
+    """Where Ansible reads a role's argument specs: meta/argument_specs.yml (or .yaml),
+    else the argument_specs of meta/main.yml."""
+    for name in ("argument_specs.yml", "argument_specs.yaml", "main.yml", "main.yaml"):
+        if (role / "meta" / name).is_file():
+            return role / "meta" / name
+    return role / "meta" / "argument_specs.yml"
+
+
+def _role_problems(scan: Scan, hosts: list[_Host], role: RoleRef,
+                   inv_rel: str) -> list[Problem]:
     """Required variables that hosts lack, and variables whose type is not the spec's."""
-    spec = scan.checkout / "roles" / role / "meta" / "argument_specs.yml"
+    spec = _spec_file(role.path)
     options, problems = _options(scan, spec)
     spec_rel = relative(spec, scan.checkout)
     for var, option in options.items():
         missing = sorted(h.name for h in hosts if var not in h.values)
         if option.get("required") and "default" not in option and missing:
             problems.append(Problem(spec_rel, _line_of(spec, f"{var}:"),
-                                    f"role '{role}' requires variable '{var}', not set "
+                                    f"role '{role.name}' requires variable '{var}', not set "
                                     f"for host(s) {', '.join(missing)}"))
     return problems + _type_problems(scan, hosts, options, spec_rel, inv_rel)
 
 
+def _found(roles: list[RoleRef]) -> list[RoleRef]:
+    """The roles found, each once (by directory)."""
+    found: dict[Path, RoleRef] = {}
+    for role in roles:
+        if role.path:
+            found.setdefault(role.path, role)
+    return list(found.values())
+
+
 def _check_roles(scan: Scan, platforms, hosts: list[_Host], targets, inv_rel) -> list[Problem]:
+    """The argument specs and file checks of the roles each platform with targets applies
+    (a role not found is the walk's problem: Ansible fails on it whatever the hosts)."""
     problems = []
     for platform in sorted({t.platform for t in targets.values()} & set(platforms)):
-        known = platforms[platform]
         members = [h for h in hosts if targets[h.name].platform == platform]
-        for role in dict.fromkeys(known.roles):
-            if not (scan.checkout / "roles" / role / "tasks").is_dir():
-                problems.append(Problem(relative(known.playbook, scan.checkout),
-                                        _line_of(known.playbook, role),
-                                        f"role '{role}' not found (no roles/{role}/tasks)"))
-                continue
+        for role in _found(platforms[platform].roles):
             problems += _role_problems(scan, members, role, inv_rel)
             problems += _check_role_files(scan, role, members)
     return problems
@@ -453,8 +449,8 @@ _FILE_CHECK_KEYS = {
 _HOSTNAME_VAR = re.compile(r"{{\s*inventory_hostname\s*}}")
 
 
-def _file_checks(scan: Scan, role: str) -> tuple[list[dict], list[Problem]]:
-    path = scan.checkout / "roles" / role / "meta" / "gitops.yml"
+def _file_checks(scan: Scan, role: Path) -> tuple[list[dict], list[Problem]]:
+    path = role / "meta" / "gitops.yml"
     data = scan.load(path) if path.is_file() else None
     rel = relative(path, scan.checkout)
     if data is None:
@@ -498,12 +494,12 @@ def _dirs(host: _Host, var: str, defaults) -> list[str]:
     return out
 
 
-def _check_role_files(scan: Scan, role: str, hosts: list[_Host]) -> list[Problem]:
+def _check_role_files(scan: Scan, role: RoleRef, hosts: list[_Host]) -> list[Problem]:
     """The role's file checks (meta/gitops.yml) for every host: the directories exist
     inside the checkout, every file is YAML, every document has the keys required. Files
     with Jinja2 in them are checked by the role after rendering."""
-    checks, problems = _file_checks(scan, role)
-    defaults = scan.load(scan.checkout / "roles" / role / "defaults" / "main.yml")
+    checks, problems = _file_checks(scan, role.path)
+    defaults = scan.load(role.path / "defaults" / "main.yml")
     seen: set[Path] = set()
     for check in checks:
         for host in sorted(hosts, key=lambda h: h.name):
@@ -550,6 +546,25 @@ def _check_documents(path: Path, rel: str, required: list) -> list[Problem]:
     return problems
 
 
+def _walk(scan: Scan, settings, paths: SearchPaths, platforms) -> tuple[Walk, list[Path]]:
+    """What the run executes: the roles of each platform, the fully qualified names of the
+    plays and roles; and the directories whose tags the run may select (the checkout's
+    playbooks and roles, and the installed roles it applies)."""
+    site = scan.checkout / settings.playbook
+    walk = Walk(scan, Collections.of(paths.collections, site.parent), paths.roles, site.parent)
+    for platform in platforms.values():
+        platform.roles = walk.applied(platform.playbook)
+    code_dirs = [site.parent.resolve(), (scan.checkout / "roles").resolve()]
+    for role in _found([r for p in platforms.values() for r in p.roles] + walk.applied(site)):
+        real = role.path.resolve()
+        if not any(real.is_relative_to(d) for d in code_dirs):
+            code_dirs.append(real)
+            for path in sorted(real.rglob("*.y*ml")) if settings.tags else ():
+                if path.relative_to(real).parts[0] in ("tasks", "handlers"):
+                    scan.load(path)  # tags of the files it includes too
+    return walk, code_dirs
+
+
 def load(checkout: Path, settings, paths: SearchPaths | None = None) -> Inventory:
     """Load and validate the environment ``settings.env`` of ``checkout``; raise ``Refused``.
     ``paths``: where the run's Ansible finds collections and roles (None: the checkout's
@@ -565,12 +580,13 @@ def load(checkout: Path, settings, paths: SearchPaths | None = None) -> Inventor
     checked = len(scan.refs)  # the platform playbooks may be read only now
     platforms, problems = _read_platforms(scan, settings.playbook)
     refuse(problems + scan.problems + follow_refs(scan, playbook_dir.resolve(), checked))
+    walk, code_dirs = _walk(scan, settings, paths, platforms)
     hosts, limited = _ansible_hosts(inv_path, scan, password, settings.limit)
     targets = {host.name: _target(host, platforms) for host in hosts}
     inv_rel = f"{settings.inventory_dir}/{settings.env}"
     problems = _check_targets(targets, platforms, scan, settings.inventory_dir, settings.env)
-    problems += _check_selection(scan, settings, inv_rel, hosts, limited,
-                                 [playbook_dir.resolve(), (checkout / "roles").resolve()])
+    problems += walk.problems()
+    problems += _check_selection(scan, settings, inv_rel, hosts, limited, code_dirs)
     problems += _type_problems(scan, hosts, _CONNECTION_OPTIONS, "a connection variable", inv_rel)
     refuse(problems + _check_roles(scan, platforms, hosts, targets, inv_rel) + scan.problems)
     return Inventory(settings.env, inv_path, targets, scan.secrets)

@@ -11,6 +11,7 @@ the static paths that playbooks and roles name (checked by ``boundary``).
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import yaml
@@ -145,6 +146,7 @@ class Scan:
         self.checkout, self.root, self.vault = checkout, root, vault
         self.problems: list[Problem] = []
         self.data: dict[str, object] = {}  # real path -> what the file holds
+        self.nodes: dict[str, yaml.Node] = {}  # real path -> its node: playbooks, role tasks
         self.lines: dict[str, dict[str, int]] = {}  # real path -> {top-level key: line}
         self.platform_marks: dict[str, list[tuple[str, int]]] = {}
         self.refs: list[tuple[str, int, str, str, Path]] = []  # file, line, key, value, path
@@ -152,16 +154,26 @@ class Scan:
         self._vault_problem: set[str] = set()
 
     def load(self, path: Path):
-        """What ``path`` holds (parsed now if not yet); None when empty or refused."""
+        """What ``path`` holds (parsed now if not yet); None when empty or refused. The
+        static paths of a file outside the checkout (an installed role or collection) are
+        not the checkout's to check."""
         real = str(path.resolve())
         if real not in self.data and path.is_file():
-            self.file(path, shape=None, refs=True)
+            self.file(path, shape=None, refs=Path(real).is_relative_to(self.root), keep=True)
         return self.data.get(real)
 
-    def file(self, path: Path, shape: str | None, refs: bool) -> None:
+    def node(self, path: Path):
+        """The YAML node of a playbook, role tasks or meta file (where what it names is
+        written), parsed now if not yet."""
+        real = os.path.realpath(path)
+        if real not in self.data:
+            self.load(path)
+        return self.nodes.get(real)
+
+    def file(self, path: Path, shape: str | None, refs: bool, keep: bool = False) -> None:
         """Parse one file. ``shape``: what the file must be when it must be a mapping (a
         vars file, an inventory file); ``refs``: collect the static paths it names
-        (playbooks, role tasks and meta)."""
+        (playbooks, role tasks and meta); ``refs`` or ``keep``: keep its node."""
         rel, real = relative(path, self.checkout), str(path.resolve())
         if real in self.data:
             return
@@ -176,7 +188,7 @@ class Scan:
             if text is None:
                 return
         try:
-            self.data[real] = self._parse(text, rel, real, shape, refs)
+            self.data[real] = self._parse(text, rel, real, shape, refs, refs or keep)
         except _Bad as bad:
             problem = Problem(rel, bad.line, bad.message)
         except YAML_ERRORS as exc:
@@ -189,7 +201,8 @@ class Scan:
             problem.message = f"after decryption: {problem.message}"
         self.problems.append(problem)
 
-    def _parse(self, text: str, rel: str, real: str, shape: str | None, refs: bool):
+    def _parse(self, text: str, rel: str, real: str, shape: str | None, refs: bool,
+               keep: bool):
         loader = Loader(text)
         loader.scan, loader.rel = self, rel
         try:
@@ -202,7 +215,10 @@ class Scan:
             if isinstance(node, yaml.MappingNode):
                 self.lines[real] = {k.value: k.start_mark.line + 1 for k, _ in node.value
                                     if isinstance(k, yaml.ScalarNode)}
-            return loader.construct_document(node)
+            data = loader.construct_document(node)
+            if keep:
+                self.nodes[real] = node
+            return data
         finally:
             loader.dispose()
 

@@ -8,12 +8,17 @@ A case file::
     files: {path: text}       # changes to the base repository (tests/cases/base); null removes
     links: {path: target}     # optional: symlinks in the repository
     settings: {key: value}    # optional: more settings (inventory_dir, vault_password_file)
+    installed: {path: text}   # optional: files outside the repository, in {installed}
+    paths: {collections: [dir], roles: [dir]}  # optional: the installed collections and
+                              # roles (requirements.SearchPaths), relative to the repository
     seconds: 30               # optional: the most inventory.load may take (a hang guard)
     expect: [words]           # refused: each must be in one problem
     platforms: {name: hosts}  # accepted: the targets by platform
 
 ``{outside}`` in links, settings and expectations is a directory beside the repository (a
-secret.yml, an inventory and a playbook), whose content no problem may show.
+secret.yml, an inventory and a playbook), whose content no problem may show. In paths and
+expectations, ``{installed}`` is the directory of ``installed`` and ``{case}`` the case
+file's directory (which may hold a collection tree: ``ansible_collections/`` is no case).
 """
 from __future__ import annotations
 
@@ -25,9 +30,11 @@ import pytest
 import yaml
 
 from gitops_ansible import inventory
+from gitops_ansible.requirements import SearchPaths
 from tests.conftest import CASES, ROOT, copy_base, make_settings
 
-VALIDATION = sorted((CASES / "validation").rglob("*.yml"))
+VALIDATION = sorted(p for p in (CASES / "validation").rglob("*.yml")
+                    if "ansible_collections" not in p.parts)
 SECRET = "root:$6$only-outside$"
 
 
@@ -40,15 +47,20 @@ def outside_tree(path: Path) -> Path:
     return path
 
 
-def build(case: dict, tmp_path: Path) -> tuple[Path, Path]:
-    repo, outside = copy_base(tmp_path / "repo"), outside_tree(tmp_path / "outside")
-    for relative, text in (case.get("files") or {}).items():
-        target = repo / relative
+def write(base: Path, files: dict | None) -> None:
+    for relative, text in (files or {}).items():
+        target = base / relative
         if text is None:
             target.unlink()
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
+
+
+def build(case: dict, tmp_path: Path) -> tuple[Path, Path]:
+    repo, outside = copy_base(tmp_path / "repo"), outside_tree(tmp_path / "outside")
+    write(repo, case.get("files"))
+    write(tmp_path / "installed", case.get("installed"))
     for relative, pointee in (case.get("links") or {}).items():
         link = repo / relative
         if link.is_dir() and not link.is_symlink():
@@ -59,8 +71,21 @@ def build(case: dict, tmp_path: Path) -> tuple[Path, Path]:
     return repo, outside
 
 
-def fill(value, outside: Path):
-    return value.replace("{outside}", str(outside)) if isinstance(value, str) else value
+def fill(value, outside: Path, **more: Path):
+    if not isinstance(value, str):
+        return value
+    for name, path in {"outside": outside, **more}.items():
+        value = value.replace("{" + name + "}", str(path))
+    return value
+
+
+def search_paths(case: dict, repo: Path, places: dict) -> SearchPaths | None:
+    """The case's installed collections and roles (None: inventory.load's default)."""
+    if "paths" not in case:
+        return None
+    return SearchPaths(**{key: tuple(repo / fill(d, **places)
+                                     for d in case["paths"].get(key) or ())
+                          for key in ("collections", "roles")})
 
 
 @pytest.mark.parametrize("case_file", VALIDATION,
@@ -71,19 +96,21 @@ def test_validation_case(case_file: Path, tmp_path):
     extra = {key: fill(value, outside) for key, value in (case.get("settings") or {}).items()}
     settings = make_settings(env=case.get("env", "dev"), state_dir=str(tmp_path / "state"),
                              **extra)
+    places = {"outside": outside, "installed": tmp_path / "installed", "case": case_file.parent}
+    paths = search_paths(case, repo, places)
     started = time.monotonic()
     if case.get("expect"):
         with pytest.raises(inventory.Refused) as refused:
-            inventory.load(repo, settings)
+            inventory.load(repo, settings, paths)
         problems = [str(p) for p in refused.value.problems]
         for expected in case["expect"]:
-            assert any(fill(expected, outside) in problem for problem in problems), \
+            assert any(fill(expected, **places) in problem for problem in problems), \
                 (expected, problems)
         for problem in refused.value.problems:  # one line, naming a file, nothing read outside
             assert problem.file and "\n" not in str(problem) and "Traceback" not in str(problem)
             assert SECRET not in str(problem)
     else:
-        loaded = inventory.load(repo, settings)
+        loaded = inventory.load(repo, settings, paths)
         assert loaded.by_platform() == case["platforms"]
     assert time.monotonic() - started < case.get("seconds", 60)
 
