@@ -359,7 +359,7 @@ class Walk:
             why = self.collections.why_not(use.kind, use.name)
             if why:
                 found.append(Problem(use.file, use.line, f"{use.kind} '{use.name}': {why}"))
-        return found
+        return sorted(found, key=lambda problem: (problem.file, problem.line or 0))
 
     # --- files ---
 
