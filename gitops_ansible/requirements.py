@@ -325,10 +325,14 @@ def _pathspec(value: str | None, base: Path) -> tuple[Path, ...]:
 
 
 def search_paths(checkout: Path, cache: Path | None) -> SearchPaths:
+    """The installed collections first, then what ansible.cfg names; the checkout's roles
+    first, then the installed ones, then ansible.cfg's (each directory once)."""
     collections, roles = configured(checkout)
-    installed = (cache / "collections",) if cache else ()
-    return SearchPaths(collections=installed + collections,
-                       roles=(checkout / "roles", *((cache / "roles",) if cache else ()), *roles))
+    installed = (cache,) if cache else ()
+    return SearchPaths(
+        collections=tuple(dict.fromkeys((*(c / "collections" for c in installed), *collections))),
+        roles=tuple(dict.fromkeys((checkout / "roles", *(c / "roles" for c in installed),
+                                   *roles))))
 
 
 # -- installing -----------------------------------------------------------------------------

@@ -16,13 +16,14 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gitops_ansible import requirements
 from gitops_ansible.problems import Refused
 from lab import collections as lab_collections
 from lab.gitserver import WorkTree
 from lab.system import free_port
-from tests.conftest import local_estate, make_settings, require
+from tests.conftest import CASES, local_estate, make_settings, require
 
 pytestmark = pytest.mark.git
 KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl "
@@ -246,7 +247,7 @@ def test_no_requirements_file_installs_nothing(tmp_path):
     checkout = tmp_path / "repo"
     (checkout / "roles").mkdir(parents=True)
     (checkout / "ansible.cfg").write_text("[defaults]\ncollections_path = vendor:/opt/c\n"
-                                          "roles_path = ~/r\n")
+                                          "roles_path = roles:~/r\n")
     paths = requirements.install(checkout, make_settings(state_dir=str(tmp_path / "state")))
     assert paths.collections == (checkout / "vendor", Path("/opt/c"))
     assert paths.roles == (checkout / "roles", Path.home() / "r")
@@ -289,3 +290,86 @@ def test_a_role_without_src_or_name_is_refused(tmp_path):
         requirements.read(tmp_path)
     assert str(refused.value) == "roles/requirements.yml:1: roles[0]: key 'src': a role " \
                                  "needs src or name"
+
+
+# -- a repository with roles in the style of public Galaxy roles, on two lab hosts -----------
+GALAXY_REPO = CASES / "galaxy_repo"
+WEB = ("web-1", "web-2")
+
+
+def galaxy_estate(git_servers, host_lab, tmp_path: Path, name: str) -> WorkTree:
+    """tests/cases/galaxy_repo with ansible.posix vendored as a tarball and an inventory of
+    two lab hosts, served by the lab's Git server."""
+    tree = WorkTree(git_servers.create(name), tmp_path / "worktree")
+    tree.copy_tree(GALAXY_REPO, ".")
+    vendor = tree.path / "collections/vendor"
+    vendor.mkdir(parents=True)
+    lab_collections.build("ansible.posix", vendor).rename(vendor / "ansible-posix.tar.gz")
+    hosts = {"all": {"children": {"web": {"hosts": {
+        host: {"ansible_host": host_lab.hosts[host].address} for host in WEB}}}}}
+    tree.write("inventories/lab/hosts.yml", "---\n" + yaml.safe_dump(hosts))
+    web = {"platform": "web", "webserver_server_name": "www.example.test",
+           "webserver_deploy_key": KEY, **host_lab.inventory_vars()}
+    tree.write("inventories/lab/group_vars/web.yml", "---\n" + yaml.safe_dump(web))
+    tree.commit("roles in the style of Galaxy roles, for two lab hosts")
+    tree.url = git_servers.url(name, "git")
+    return tree
+
+
+@pytest.fixture
+def galaxy(git_servers, host_lab, tmp_path, request, sources):
+    for host in WEB:
+        host_lab.reset_host(host)
+    return galaxy_estate(git_servers, host_lab, tmp_path, request.node.name)
+
+
+def on_host(lab, host: str, path: str) -> Path:
+    return lab.hosts[host].root / path.lstrip("/")
+
+
+def run_lab(cli, estate, *extra, code):
+    return cli("run", "--repo", estate.url, "--env", "lab", *extra, check_code=code)
+
+
+@pytest.mark.baremetal
+def test_galaxy_style_roles_converge_two_hosts_and_a_forced_run_changes_nothing(
+        cli, galaxy, host_lab):
+    first = run_lab(cli, galaxy, code=2)
+    assert "requirements: installing the collections of collections/requirements.yml" \
+        in said(first)
+    assert "2 of 2 hosts changed" in said(first)
+    for host in WEB:
+        site = on_host(host_lab, host, "/etc/acme-web/site.conf").read_text()
+        assert "server_name www.example.test\n" in site and "user www-data\n" in site
+        index = on_host(host_lab, host, "/var/www/acme/index.html").read_text()
+        assert "<p>" + host.replace("-", "") in index.replace("-", "") and "(Debian)" in index
+        assert on_host(host_lab, host, "/etc/sysctl.d/60-acme-common.conf").read_text() \
+            .split() == ["net.ipv4.tcp_syncookies=1", "net.ipv4.conf.all.rp_filter=1"]
+        assert on_host(host_lab, host, "/etc/acme-web/deploy_keys").read_text().strip() == KEY
+        assert "(Debian), managed by Ansible" in on_host(host_lab, host, "/etc/motd").read_text()
+        assert on_host(host_lab, host, "/var/log/acme-web-reloads.log").read_text() == \
+            "reloaded www.example.test\n"  # the handler, once
+    again = run_lab(cli, galaxy, "--force", code=0)
+    assert "2 hosts converged, nothing changed" in said(again)
+    assert "unchanged, reused" in said(again)
+    for host in WEB:
+        assert on_host(host_lab, host, "/var/log/acme-web-reloads.log").read_text() == \
+            "reloaded www.example.test\n"
+
+
+@pytest.mark.baremetal
+def test_a_missing_collection_and_a_misspelled_galaxy_role_are_refused(cli, galaxy, host_lab):
+    galaxy.write("collections/requirements.yml", "---\ncollections: []\n")
+    galaxy.commit("ansible.posix is no longer required")
+    missing = run_lab(cli, galaxy, code=5)
+    assert "roles/acme.common/tasks/main.yml:3: " in missing.stderr
+    assert "ansible.posix" in missing.stderr
+    galaxy.write("collections/requirements.yml",
+                 (GALAXY_REPO / "collections/requirements.yml").read_text())
+    web = galaxy.path / "playbooks/web.yml"
+    web.write_text(web.read_text().replace("acme.webserver", "acme.webservr"))
+    galaxy.commit("a typo in the role's name")
+    typo = run_lab(cli, galaxy, code=5)
+    assert "playbooks/web.yml:6: " in typo.stderr and "acme.webservr" in typo.stderr
+    for host in WEB:  # refused before any target was touched
+        assert not on_host(host_lab, host, "/etc/acme-web").exists()
