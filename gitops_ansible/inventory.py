@@ -6,8 +6,11 @@ file and line it comes from; ``Refused`` carries all problems found, not just th
 The order: the checkout is a boundary (``boundary``: the inventory, playbook and roles
 directories and every link in them resolve inside it), then every YAML file Ansible will
 read is parsed once (``yamlscan``: duplicate keys, alias expansion, tags, vault data) and
-served to Ansible's own inventory load from that parse, then the platforms and their roles
-are checked against the hosts' variables, and --limit and --tags against what they select.
+served to Ansible's own inventory load from that parse, then what the run executes is
+walked (``fqcn``: the roles each platform applies, found where Ansible finds them, and the
+modules, lookups and collection roles named by a fully qualified name, resolved in the
+installed collections), then the platforms and their roles are checked against the hosts'
+variables, and --limit and --tags against what they select.
 
 The platform contract (what the orchestrator reads of a platform; nothing else of a
 platform is known to the Python here):
@@ -18,10 +21,14 @@ platform is known to the Python here):
   of them has ``connection: local``, its targets are never SSH hosts; when one of them sets
   the play variable ``gitops_created_by_run: true``, the run makes its targets exist (VMs)
   and the pre-flight leaves them out.
-- The roles it applies (``roles:`` and ``import_role``/``include_role`` with a literal name)
-  must exist; each role's ``meta/argument_specs.yml`` (entry point ``main``) says which
-  variables every target must set (``required`` without ``default``) and the types of
-  those a target sets (checked with Ansible's own type converters).
+- The roles it applies (``roles:``, ``import_role``/``include_role`` with a literal name,
+  their ``meta/main.yml`` dependencies; a Galaxy-style ``author.role`` like any other) must
+  exist: in ``roles/``, the installed roles paths (``SearchPaths.roles``: read outside the
+  checkout, without its boundary) or, for ``ns.collection.role``, an installed collection.
+  Each role's argument specs (``meta/argument_specs.yml``, else ``meta/main.yml``; entry
+  point ``main``) say which variables every target must set (``required`` without
+  ``default``) and the types of those a target sets (checked with Ansible's own type
+  converters).
 - Each role's ``meta/gitops.yml`` may declare file checks run for every target of the
   platform (see ``_FILE_CHECK_KEYS``): an inventory variable listing directories (its
   default is the role's ``defaults/main.yml``), whose YAML files must hold mappings with

@@ -5,8 +5,10 @@ by more than ``MAX_ALIAS_NODES`` nodes or into themselves, unknown and ``!!pytho
 several documents in one file, and vars and inventory files that are not mappings; it
 decrypts vault files and ``!vault`` values (their plain texts become secrets) and checks
 what they hold like any other file. ``Scan`` keeps what each file holds (served to
-Ansible's inventory load), the line of each top-level key, where ``platform`` is set and
-the static paths that playbooks and roles name (checked by ``boundary``).
+Ansible's inventory load), the nodes of playbooks and role files (their lines, for
+``fqcn``), the line of each top-level key, where ``platform`` is set and the static paths
+that playbooks and roles name (checked by ``boundary``; not those of files outside the
+checkout: installed roles and collections).
 """
 from __future__ import annotations
 
