@@ -30,6 +30,15 @@ def real(path: Path) -> Path | None:
         return None
 
 
+def is_a(kind: str, path: Path) -> bool:
+    """path.is_dir() ("dir") or is_file() of a name from the input: False for one no path
+    can be (Python raises for a name longer than the file system allows)."""
+    try:
+        return path.is_dir() if kind == "dir" else path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _unresolvable(path: Path, checkout: Path) -> Problem:
     return Problem(relative(path, checkout), None, "cannot be resolved (a symlink loop, or "
                                                    "a character no path may hold)")
@@ -133,12 +142,12 @@ def follow_refs(scan: Scan, playbook_dir: Path, start: int = 0) -> list[Problem]
             continue
         for _rel, _line, key, value, path in batch:
             for target in _targets(scan, key, value, path, playbook_dir):
-                if target and target.is_dir():
+                if target and is_a("dir", target):
                     files = files_inside(target, scan.checkout, scan.root, problems)
                     for file in files:
                         if file.suffix in (".yml", ".yaml"):
                             scan.load(file)
-                elif target and target.is_file() and target.suffix in (".yml", ".yaml", ""):
+                elif target and is_a("file", target) and target.suffix in (".yml", ".yaml", ""):
                     scan.load(target)
     return problems
 

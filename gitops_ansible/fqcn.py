@@ -40,6 +40,7 @@ from pathlib import Path
 
 import yaml
 
+from .boundary import is_a
 from .problems import Problem, relative
 from .yamlscan import Scan, templated
 
@@ -318,19 +319,10 @@ def _text(node) -> str | None:
     return node.value if isinstance(node, yaml.ScalarNode) else None
 
 
-def _is(kind: str, path: Path) -> bool:
-    """path.is_file() or is_dir() of a name from the input: False for one no path can be
-    (a NUL raises ValueError before Python 3.13)."""
-    try:
-        return path.is_dir() if kind == "dir" else path.is_file()
-    except (OSError, ValueError):
-        return False
-
-
 def _entry_file(directory: Path, name: str) -> Path | None:
     """A role's tasks/handlers/meta file as Ansible finds it: NAME, NAME.yml, NAME.yaml."""
     for candidate in (f"{name}.yml", f"{name}.yaml", name):
-        if _is("file", directory / candidate):
+        if is_a("file", directory / candidate):
             return directory / candidate
     return None
 
@@ -395,7 +387,7 @@ class Walk:
                             None)
             target = _text(imported)
             if target is not None and not templated(target):
-                if _is("file", path.parent / target):
+                if is_a("file", path.parent / target):
                     refs += self._playbook(path.parent / target)
                 continue
             here = _Context(path, None, _names(pairs.get("collections", (None, None))[1]))
@@ -467,7 +459,7 @@ class Walk:
             return []
         bases = [here.role / "tasks"] if here.role else []
         found = next((base / name for base in [*bases, here.path.parent]
-                      if _is("file", base / name)), None)
+                      if is_a("file", base / name)), None)
         if found is None:
             return []  # a file that does not exist: Ansible's error, with its own words
         inner = _Context(found, here.role, here.collections)
@@ -511,7 +503,7 @@ class Walk:
                     return self.collections.directory(collection) / "roles" / name, None
         bases = [here.path.parent, *self.role_paths] if "/" in name else self.role_paths
         for base in bases:
-            if _is("dir", base / name):
+            if is_a("dir", base / name):
                 return base / name, None
         return None, f": {why}" if why else f" not found (searched {self._searched()})"
 
