@@ -345,7 +345,15 @@ class Walk:
 
     def applied(self, playbook: Path) -> list[RoleRef]:
         """The roles a playbook applies, those its roles apply included, in order."""
-        todo, out, seen = list(self._playbook(playbook)), [], set()
+        return self._closure(self._playbook(playbook))
+
+    def plays(self, playbook: Path) -> list[tuple[str | None, list[RoleRef]]]:
+        """Each play of a playbook: its ``hosts`` pattern (None: a playbook it imports, or
+        not a literal) and the roles it applies, theirs included."""
+        return [(hosts, self._closure(refs)) for hosts, refs in self._each_play(playbook)]
+
+    def _closure(self, refs: list[RoleRef]) -> list[RoleRef]:
+        todo, out, seen = list(refs), [], set()
         while todo:
             ref = todo.pop(0)
             out.append(ref)
@@ -380,15 +388,18 @@ class Walk:
         return self._once(("playbook", os.path.realpath(path)), lambda: self._plays(path))
 
     def _plays(self, path: Path) -> list[RoleRef]:
-        refs = []
+        return [ref for _, refs in self._each_play(path) for ref in refs]
+
+    def _each_play(self, path: Path) -> list[tuple[str | None, list[RoleRef]]]:
+        plays = []
         for play in _items(self._node(path)):
-            pairs = _pairs(play)
+            pairs, refs = _pairs(play), []
             imported = next((pairs[k][1] for k in pairs if _core_short(k) == "import_playbook"),
                             None)
             target = _text(imported)
             if target is not None and not templated(target):
                 if is_a("file", path.parent / target):
-                    refs += self._playbook(path.parent / target)
+                    plays.append((None, self._playbook(path.parent / target)))
                 continue
             here = _Context(path, None, _names(pairs.get("collections", (None, None))[1]))
             if "roles" in pairs:
@@ -396,7 +407,10 @@ class Walk:
             for key in _TASK_LISTS:
                 if key in pairs:
                     refs += self._tasks(pairs[key][1], here)
-        return [ref for ref in refs if ref is not None]
+            hosts = _text(pairs.get("hosts", (None, None))[1])
+            plays.append((None if hosts is None or templated(hosts) else hosts,
+                          [ref for ref in refs if ref is not None]))
+        return plays
 
     def _role(self, role: Path, entry: str) -> list[RoleRef]:
         def read() -> list[RoleRef]:

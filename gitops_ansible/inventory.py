@@ -37,6 +37,7 @@ platform is known to the Python here):
 from __future__ import annotations
 
 import copy
+import fnmatch
 import os
 import re
 from dataclasses import dataclass, field
@@ -118,6 +119,8 @@ class Platform:
     name: str
     playbook: Path
     roles: list[RoleRef] = field(default_factory=list)  # roles it applies, found or not
+    # per play: its hosts pattern (None: every host of the platform) and the roles it applies
+    plays: list[tuple[str | None, list[RoleRef]]] = field(default_factory=list)
     local: bool = False  # every play on its group has connection: local
     created_by_run: bool = False  # a play on its group sets gitops_created_by_run: true
 
@@ -200,6 +203,7 @@ class _Host:
     address: str
     values: dict
     files: list[str]  # vars files of the host, highest precedence first; then the sources
+    groups: frozenset[str] = frozenset()
 
 
 def _ansible_hosts(inv_path: Path, scan: Scan, password: bytes | None,
@@ -221,7 +225,8 @@ def _ansible_hosts(inv_path: Path, scan: Scan, password: bytes | None,
             files += [str(p) for p in sorted(inv_path.iterdir()) if p.suffix in (".yml", ".yaml")]
             hosts.append(_Host(host.name, host.address or host.name,
                                variables.get_vars(host=host, include_hostvars=False),
-                               [os.path.realpath(f) for f in files]))
+                               [os.path.realpath(f) for f in files],
+                               frozenset(g.name for g in host.get_groups())))
         limited = None
         if limit and not limit.startswith("@"):  # @FILE: a list of hosts Ansible reads
             limited = [h.name for h in manager.get_hosts(pattern=limit)]
@@ -440,10 +445,36 @@ def _check_roles(scan: Scan, platforms, hosts: list[_Host], targets, inv_rel) ->
     problems = []
     for platform in sorted({t.platform for t in targets.values()} & set(platforms)):
         members = [h for h in hosts if targets[h.name].platform == platform]
-        for role in _found(platforms[platform].roles):
-            problems += _role_problems(scan, members, role, inv_rel)
-            problems += _check_role_files(scan, role, members)
+        applied: dict[Path, tuple[RoleRef, dict[str, _Host]]] = {}
+        for pattern, refs in platforms[platform].plays:
+            selected = _selected(pattern, members, targets)
+            for role in _found(refs):
+                applied.setdefault(role.path, (role, {}))[1].update(
+                    (h.name, h) for h in selected)
+        for role, selected in applied.values():
+            problems += _role_problems(scan, list(selected.values()), role, inv_rel)
+            problems += _check_role_files(scan, role, list(selected.values()))
     return problems
+
+
+def _selected(pattern: str | None, members: list[_Host], targets) -> list[_Host]:
+    """The platform's hosts a play's ``hosts`` pattern selects (a play on
+    ``platform_web:&hardened`` applies its roles to the hardened web hosts only): Ansible's
+    terms, ``a:b`` (or ``a,b``) a union, ``&a`` an intersection, ``!a`` an exclusion; a name
+    is a host, a group or ``platform_NAME`` (the group site.yml makes), with ``*``
+    wildcards; a ``~regex`` or a range is taken as every host."""
+    if pattern is None or "~" in pattern or "[" in pattern:
+        return members
+
+    def matches(host: _Host, name: str) -> bool:
+        names = {host.name, "all", f"platform_{targets[host.name].platform}", *host.groups}
+        return any(fnmatch.fnmatchcase(candidate, name) for candidate in names)
+
+    terms = [term.strip() for term in re.split(r"[:,]", pattern) if term.strip()]
+    plain = [t for t in terms if t[0] not in "&!"] or ["all"]
+    chosen = [h for h in members if any(matches(h, t) for t in plain)]
+    chosen = [h for h in chosen if all(matches(h, t[1:]) for t in terms if t[0] == "&")]
+    return [h for h in chosen if not any(matches(h, t[1:]) for t in terms if t[0] == "!")]
 
 
 # A file check of meta/gitops.yml: {key: (type, what it is)}.
@@ -560,7 +591,8 @@ def _walk(scan: Scan, settings, paths: SearchPaths, platforms) -> tuple[Walk, li
     site = scan.checkout / settings.playbook
     walk = Walk(scan, Collections.of(paths.collections, site.parent), paths.roles, site.parent)
     for platform in platforms.values():
-        platform.roles = walk.applied(platform.playbook)
+        platform.plays = walk.plays(platform.playbook)
+        platform.roles = [role for _, refs in platform.plays for role in refs]
     code_dirs = [site.parent.resolve(), (scan.checkout / "roles").resolve()]
     for role in _found([r for p in platforms.values() for r in p.roles] + walk.applied(site)):
         real = role.path.resolve()
