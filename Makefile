@@ -41,10 +41,12 @@ $(VENV)/.collections: $(VENV)/.installed scripts/kube_collection.py
 	touch $@
 
 # The tests' collections (tests/integration/test_requirements.py): the `ansible` wheel kept in
-# the lab cache and the collections they install taken from it (lab/collections.py). Cached.
+# the lab cache, the collections they install taken from it (lab/collections.py) and the
+# virtualenv of the Galaxy server that serves them (lab/galaxy.py: Pulp, ~1 min once). Cached.
 collections: $(VENV)/.collections
 	$(PY) scripts/kube_collection.py --cache-dir $(LAB_CACHE)/wheels
 	$(PY) -m lab.collections
+	$(PY) -m lab.galaxy build
 
 # The Kubernetes binaries (5-37 min on a fresh machine) and the guest image (2-7 min) build in
 # the background from the start of `make test` while the tests that need neither run; their

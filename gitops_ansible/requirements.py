@@ -3,9 +3,9 @@
 A revision's ``collections/requirements.yml`` and ``roles/requirements.yml`` (``.yaml``
 too) are installed with ansible-galaxy before the run, as AWX's project sync does, into a
 cache under the state directory, ``STATE_DIR/requirements/KEY/{collections,roles}``. KEY
-hashes what decides the result: the files' bytes, the bytes of the tarballs, directories
-and included files they name in the checkout, the configured Galaxy servers (names and
-URLs, not tokens) and the ansible-core version. While KEY is the same the cache is reused
+hashes what decides the result: the files' bytes, the bytes of the tarballs and
+directories they name in the checkout, the configured Galaxy servers (names and URLs, not
+tokens) and the ansible-core version. While KEY is the same the cache is reused
 and ansible-galaxy does not run. A cache is built in a temporary directory renamed into
 place, so a killed install never leaves half a cache.
 
@@ -44,6 +44,8 @@ FILES = ("collections/requirements.yml", "collections/requirements.yaml",
 COLLECTION_KEYS = ("name", "version", "source", "type", "signatures")
 COLLECTION_TYPES = ("galaxy", "git", "file", "dir", "subdirs", "url")
 ROLE_KEYS = ("src", "name", "role", "scm", "version", "include")
+INCLUDE = ("key 'include': not supported (the roles of an included file would escape the "
+           "checks and the cache key): list the roles in this file")
 FQCN_RE = re.compile(r"[A-Za-z0-9_]+\.[A-Za-z0-9_]+")
 ANSIBLE_DEFAULT_COLLECTIONS = ("~/.ansible/collections", "/usr/share/ansible/collections")
 UNUSED_DAYS = 30  # a cache no cycle used for this long is removed by the next install
@@ -75,7 +77,7 @@ class Requirement:
     name: str              # as written: a name, a path or a URL
     source: str            # where it comes from, for a person
     needle: str            # what ansible-galaxy's messages call it
-    local: Path | None = None  # a tarball, directory or included file in the checkout
+    local: Path | None = None  # a tarball or a directory in the checkout
 
     def __str__(self) -> str:
         return f"{self.kind} '{self.name}' from {self.source}"
@@ -196,14 +198,14 @@ def _collection(rel: str, where: str, node, ctx: _Context):
     if not name:
         return Problem(rel, line, f"{where}: key 'name': a collection needs a name (a "
                                   "namespace.collection, a path or a URL)")
-    kind = fields.get("type") or _guess_type(name)
-    if kind not in COLLECTION_TYPES:
+    if fields.get("type", "galaxy") not in COLLECTION_TYPES:
         return Problem(rel, line, f"{where}: key 'type': expected one of "
-                                  f"{', '.join(COLLECTION_TYPES)}, got {kind!r}")
+                                  f"{', '.join(COLLECTION_TYPES)}, got {fields['type']!r}")
+    kind = fields.get("type") or _guess_type(name)
     made = partial(Requirement, "collection", rel, line, name)
     if kind == "git":
         return _git(rel, where, line, name, made)
-    if kind == "url":
+    if kind == "url" and not name.startswith("file://"):
         return made(f"URL {source.redact_url(name)}", name)
     if kind == "galaxy":
         server = _server(ctx, fields.get("source"))
@@ -213,7 +215,7 @@ def _collection(rel: str, where: str, node, ctx: _Context):
                                       f"galaxy_servers entry ({names}) or a URL, got "
                                       f"{fields['source']!r}")
         return made(server, name.split(":")[0])
-    return _local(rel, where, line, name, "file" if kind == "file" else "dir", ctx, made)
+    return _local(rel, where, line, name, {"subdirs": "dir"}.get(kind, kind), ctx, made)
 
 
 def _guess_type(name: str) -> str:
@@ -228,7 +230,7 @@ def _guess_type(name: str) -> str:
 def _server(ctx: _Context, wanted: str | None) -> str | None:
     """Where a Galaxy requirement comes from, for a person (None: an unknown server)."""
     if wanted and "://" in wanted:
-        return f"Galaxy server {wanted}"
+        return f"Galaxy server {source.redact_url(wanted)}"
     if wanted:
         found = [s for s in ctx.servers if s.name == wanted]
         return f"Galaxy server '{wanted}' ({found[0].url})" if found else None
@@ -258,10 +260,12 @@ def _local(rel: str, where: str, line: int, name: str, want: str, ctx: _Context,
         return Problem(rel, line, f"{where}: '{name}' resolves to {shown}, outside the "
                                   "checkout: only tarballs and directories of the repository "
                                   "are installed from a path")
-    if not (resolved.is_dir() if want == "dir" else resolved.is_file()):
-        what = "a directory" if want == "dir" else "a file (a tarball)"
+    found = "dir" if resolved.is_dir() else "file" if resolved.is_file() else None
+    if found is None or want not in ("local", found):
+        what = {"dir": "a directory", "file": "a file (a tarball)"}.get(
+            want, "a namespace.collection, a URL, or a tarball or directory")
         return Problem(rel, line, f"{where}: '{name}': expected {what} in the checkout")
-    if want == "dir":
+    if found == "dir":
         problems: list[Problem] = []
         files_inside(resolved, ctx.checkout, ctx.root, problems)
         if problems:
@@ -275,8 +279,7 @@ def _role(rel: str, where: str, node, ctx: _Context):
         return fields
     line = _line(node)
     if "include" in fields:
-        made = partial(Requirement, "role", rel, line, fields["include"])
-        return _local(rel, where, line, fields["include"], "file", ctx, made)
+        return Problem(rel, line, f"{where}: {INCLUDE}")
     parts = [part.strip() for part in fields.get("src", "").split(",")]  # src,version,name
     name = fields.get("name") or fields.get("role") or (parts[2] if len(parts) > 2 else parts[0])
     if not name.strip():

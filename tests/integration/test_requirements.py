@@ -21,6 +21,7 @@ import yaml
 from gitops_ansible import requirements
 from gitops_ansible.problems import Refused
 from lab import collections as lab_collections
+from lab import galaxy as lab_galaxy
 from lab.gitserver import WorkTree
 from lab.system import free_port
 from tests.conftest import CASES, local_estate, make_settings, require
@@ -219,6 +220,54 @@ collections:
     assert not (cli.state_dir / "requirements").exists()
 
 
+@pytest.fixture(scope="module")
+def galaxy_server(tmp_path_factory, sources):
+    """Pulp serving ansible.posix and community.crypto, published with ansible-galaxy."""
+    require(lab_galaxy.unavailable_reason() is None,
+            f"no Galaxy server: {lab_galaxy.unavailable_reason()}")
+    built = tmp_path_factory.mktemp("built")
+    with lab_galaxy.GalaxyServer(tmp_path_factory.mktemp("galaxy")) as server:
+        for name in sources:
+            server.publish(lab_collections.build(name, built))
+        yield server
+
+
+def galaxy_config(tmp_path: Path, url: str, token: str) -> Path:
+    (tmp_path / "galaxy.token").write_text(token + "\n")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[[galaxy_servers]]\nname = "hub"\nurl = "{url}"\n'
+                      f'token_file = "{tmp_path / 'galaxy.token'}"\n')
+    return config
+
+
+def test_collections_from_a_galaxy_server_with_a_token(cli, estate, git_servers, tmp_path,
+                                                        galaxy_server):
+    wrong = "wrong-" + os.urandom(6).hex()
+    config = galaxy_config(tmp_path, galaxy_server.url, wrong)
+    estate.write("collections/requirements.yml", "---\ncollections:\n  - name: ansible.posix\n"
+                                                 "    version: '>=2.2.0'\n"
+                                                 "  - name: community.crypto\n    source: hub\n")
+    use_role(estate, "trust", TRUST + KEYPAIR.removeprefix("---\n"))
+    estate.commit("collections from the team's Galaxy server")
+    refused = run(cli, estate, git_servers, "--config", config, code=5)
+    assert f"collections/requirements.yml:3: collection 'ansible.posix' from Galaxy servers " \
+           f"'hub' ({galaxy_server.url}) cannot be installed: ansible-galaxy: " in refused.stderr
+    assert "HTTP Code: 401, Message: Invalid token" in refused.stderr
+    assert wrong not in said(refused)
+
+    galaxy_config(tmp_path, galaxy_server.url, galaxy_server.token)
+    done = run(cli, estate, git_servers, "--config", config, "--force", code=2)
+    assert (estate.out / "alpha.keys").read_text().strip() == KEY
+    assert (estate.out / "beta_id.pub").read_text().startswith("ssh-ed25519 ")
+    [cache] = caches(cli)
+    for name in ("ansible/posix", "community/crypto"):  # from the server, with its metadata
+        assert (cache / f"collections/ansible_collections/{name}/MANIFEST.json").is_file()
+    assert galaxy_server.token not in said(done)
+    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "galaxy.token"
+              and galaxy_server.token.encode() in p.read_bytes()]
+    assert not leaked
+
+
 def test_a_galaxy_server_that_is_down_is_refused_and_its_token_never_shown(
         cli, estate, git_servers, tmp_path):
     token = "galaxy-token-" + os.urandom(6).hex()
@@ -260,6 +309,9 @@ def test_no_requirements_file_installs_nothing(tmp_path):
     ("collections:\n  - name: a.b\n    verison: '1.0'\n",
      "collections/requirements.yml:3: collections[0]: key 'verison': expected one of name, "
      "version, source, type, signatures"),
+    ("collections:\n  - name: a.b\n    type: svn\n", "collections/requirements.yml:2: "
+     "collections[0]: key 'type': expected one of galaxy, git, file, dir, subdirs, url, got "
+     "'svn'"),
     ("- a.b\n", "collections/requirements.yml:1: expected a mapping with the keys collections "
                 "and roles, not a list"),
     ("collection:\n  - a.b\n", "collections/requirements.yml:1: key 'collection': expected "
@@ -272,6 +324,11 @@ def test_no_requirements_file_installs_nothing(tmp_path):
     ("collections:\n  - name: ext::sh -c touch% /tmp/pwned\n    type: git\n",
      "collections/requirements.yml:2: collections[0]: Git URL 'ext::sh -c touch% /tmp/pwned': "
      "transport 'ext' is not allowed"),
+    ("collections:\n  - name: file:///etc/hostname\n    type: url\n",
+     "collections/requirements.yml:2: collections[0]: 'file:///etc/hostname' resolves to "
+     "/etc/hostname, outside the checkout"),
+    ("roles:\n  - include: more.yml\n", "collections/requirements.yml:2: roles[0]: key "
+                                         "'include': not supported"),
     ("collections:\n  - a.b\n  - a.b\ncollections: []\n",
      "collections/requirements.yml:4: duplicate key 'collections' (first at line 1)"),
 ])
@@ -373,3 +430,25 @@ def test_a_missing_collection_and_a_misspelled_galaxy_role_are_refused(cli, gala
     assert "playbooks/web.yml:6: " in typo.stderr and "acme.webservr" in typo.stderr
     for host in WEB:  # refused before any target was touched
         assert not on_host(host_lab, host, "/etc/acme-web").exists()
+
+
+def test_a_source_without_type_is_taken_as_ansible_galaxy_takes_it(tmp_path):
+    (tmp_path / "collections/src/tools").mkdir(parents=True)
+    (tmp_path / "collections/acme-web-1.0.0.tar.gz").write_bytes(b"")
+    (tmp_path / "collections/requirements.yml").write_text(
+        "collections:\n  - collections/acme-web-1.0.0.tar.gz\n  - ./collections/src/tools\n"
+        "  - acme.db\n  - https://files.example/acme-x-1.0.0.tar.gz\n  - git+file:///srv/x.git\n"
+        "  - missing/thing\n")
+    with pytest.raises(Refused) as refused:
+        requirements.read(tmp_path)
+    assert str(refused.value) == ("collections/requirements.yml:7: collections[5]: "
+                                  "'missing/thing': expected a namespace.collection, a URL, or "
+                                  "a tarball or directory in the checkout")
+    (tmp_path / "collections/requirements.yml").write_text(
+        (tmp_path / "collections/requirements.yml").read_text().replace("  - missing/thing\n", ""))
+    [wanted] = requirements.read(tmp_path)
+    assert [r.source for r in wanted.collections] == [
+        "collections/acme-web-1.0.0.tar.gz in the repository",
+        "./collections/src/tools in the repository",
+        "the Galaxy servers of ansible-galaxy's own configuration (no galaxy_servers set)",
+        "URL https://files.example/acme-x-1.0.0.tar.gz", "Git file:///srv/x.git"]
