@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sqlite3
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -232,11 +234,12 @@ def galaxy_server(tmp_path_factory, sources):
         yield server
 
 
-def galaxy_config(tmp_path: Path, url: str, token: str) -> Path:
-    (tmp_path / "galaxy.token").write_text(token + "\n")
+def galaxy_config(tmp_path: Path, url: str, token: str, extra: str = "") -> Path:
+    token_file = tmp_path / "galaxy.token"
+    token_file.write_text(token + "\n")
     config = tmp_path / "config.toml"
-    config.write_text(f'[[galaxy_servers]]\nname = "hub"\nurl = "{url}"\n'
-                      f'token_file = "{tmp_path / 'galaxy.token'}"\n')
+    config.write_text(f'{extra}[[galaxy_servers]]\nname = "hub"\nurl = "{url}"\n'
+                      f'token_file = "{token_file}"\n')
     return config
 
 
@@ -290,6 +293,40 @@ def test_a_galaxy_server_that_is_down_is_refused_and_its_token_never_shown(
     assert not leaked
     history = cli("history", "--env", "dev", check_code=0)
     assert "refused" in history.stdout and token not in said(history)
+
+
+def test_an_install_past_galaxy_timeout_is_stopped_and_refused(cli, estate, git_servers,
+                                                                tmp_path):
+    with socket.socket() as silent:  # accepts connections (the backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/api/"
+        config = galaxy_config(tmp_path, url, "token-" + os.urandom(6).hex(),
+                               extra="galaxy_timeout = 3\n")
+        estate.write("collections/requirements.yml", "---\ncollections:\n  - acme.tools\n")
+        estate.commit("a collection from a server that never answers")
+        started = time.monotonic()
+        done = run(cli, estate, git_servers, "--config", config, code=5)
+    assert time.monotonic() - started < 30
+    assert "collections/requirements.yml: installing the collections did not finish within " \
+           "3s (galaxy_timeout)" in done.stderr
+    assert not [p for p in Path("/proc").iterdir() if p.name.isdigit()  # ansible-galaxy: killed
+                and "ansible-galaxy collection install" in _cmdline(p)
+                and _cwd(p).startswith(str(cli.state_dir))]
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _cwd(proc: Path) -> str:
+    try:
+        return os.readlink(proc / "cwd")
+    except OSError:
+        return ""
 
 
 def test_no_requirements_file_installs_nothing(tmp_path):
