@@ -106,7 +106,7 @@ def read(checkout: Path, servers=()) -> list[RequirementsFile]:
             problems += outside
             continue
         wanted = RequirementsFile(rel, path)
-        node = _node(checkout, root, path, rel)
+        node = _node(checkout, root, path)
         if node is not None:
             problems += _entries(wanted, node, _Context(checkout, root, tuple(servers)))
         found.append(wanted)
@@ -114,7 +114,7 @@ def read(checkout: Path, servers=()) -> list[RequirementsFile]:
     return found
 
 
-def _node(checkout: Path, root: Path, path: Path, rel: str):
+def _node(checkout: Path, root: Path, path: Path):
     """The file's YAML node tree (lines and keys), after the scan's checks: syntax,
     duplicate keys, aliases."""
     scan = Scan(checkout, root, None)
@@ -183,6 +183,8 @@ def _fields(rel: str, where: str, node, allowed: tuple, first: str):
         if key.value not in allowed:
             return Problem(rel, _line(key), f"{where}: key '{key.value}': expected one of "
                                             f"{', '.join(allowed)}")
+        if key.value == "signatures" and isinstance(value, yaml.SequenceNode):
+            continue  # ansible-galaxy's to verify
         if not isinstance(value, yaml.ScalarNode):
             return Problem(rel, _line(value), f"{where}: key '{key.value}': expected a "
                                               f"string, not {kind_of(value)}")

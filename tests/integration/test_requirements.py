@@ -474,11 +474,12 @@ def test_a_source_without_type_is_taken_as_ansible_galaxy_takes_it(tmp_path):
     (tmp_path / "collections/acme-web-1.0.0.tar.gz").write_bytes(b"")
     (tmp_path / "collections/requirements.yml").write_text(
         "collections:\n  - collections/acme-web-1.0.0.tar.gz\n  - ./collections/src/tools\n"
-        "  - acme.db\n  - https://files.example/acme-x-1.0.0.tar.gz\n  - git+file:///srv/x.git\n"
+        "  - name: acme.db\n    signatures: [https://files.example/acme-db.asc]\n"
+        "  - https://files.example/acme-x-1.0.0.tar.gz\n  - git+file:///srv/x.git\n"
         "  - missing/thing\n")
     with pytest.raises(Refused) as refused:
         requirements.read(tmp_path)
-    assert str(refused.value) == ("collections/requirements.yml:7: collections[5]: "
+    assert str(refused.value) == ("collections/requirements.yml:8: collections[5]: "
                                   "'missing/thing': expected a namespace.collection, a URL, or "
                                   "a tarball or directory in the checkout")
     (tmp_path / "collections/requirements.yml").write_text(
