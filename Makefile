@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= $(shell scripts/python.sh)
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := git openssh-server openssh-client debootstrap iproute2 openssl systemd systemd-container \
+APT_PACKAGES := git openssh-server openssh-client debootstrap iproute2 openssl systemd systemd-container postgresql \
                 util-linux procps ca-certificates qemu-system-x86 qemu-utils libvirt-clients \
                 libvirt-daemon-system libvirt-daemon-system-sysv libvirt-dev pkg-config gcc
 PYTEST_ARGS ?=

@@ -21,7 +21,8 @@ from .store import Mode, StoreError
 
 CYCLE_FLAGS = ["env", "state_dir", "playbook", "inventory_dir", "vault_password_file", "check",
                "diff", "limit", "tags", "skip_tags", "lock", "lock_timeout", "timeout",
-               "preflight", "preflight_timeout", "known_hosts", "keep_runs", "json"]
+               "preflight", "preflight_timeout", "known_hosts", "keep_runs", "galaxy_timeout",
+               "json"]
 GIT_FLAGS = ["repo", "ref", "workdir", "ssh_key", "accept_host_key", "git_token_file",
              "git_token_user", "git_timeout", "keep_checkouts"]
 COMMAND_FLAGS = {
@@ -230,13 +231,13 @@ def _checkout_for(settings) -> Path:
 
 
 def cmd_check_hosts(args, settings) -> int:
-    from . import inventory
+    from . import inventory, requirements
     from .preflight import check_hosts
 
     settings.require("env")
     checkout = _checkout_for(settings)
-    try:
-        inv = inventory.load(checkout, settings)
+    try:  # validated as a run validates it: with the collections its requirements install
+        inv = inventory.load(checkout, settings, requirements.install(checkout, settings))
     except inventory.Refused as exc:
         for problem in exc.problems:
             print(f"refused: {problem}", file=sys.stderr)

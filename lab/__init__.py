@@ -2,7 +2,8 @@
 against, on this machine. Not part of the product (not installed with it); used from the
 checkout (`python -m lab ...`, `import lab.hosts`).
 
-hosts.py      HostLab: bare hosts (sshd in network namespaces on overlay root filesystems)
+hosts.py      HostLab: bare hosts (systemd booted by systemd-nspawn in network namespaces,
+              on overlay root filesystems, sshd as a service)
 rootfs.py     ensure_rootfs(): the cached debootstrap rootfs, the hosts' shared lower layer
 aptproxy.py   the HTTP proxy through which apt inside the hosts reaches the Debian mirror
 gitserver.py  GitServers: bare repositories over file://, git daemon, SSH and HTTPS; WorkTree

@@ -1,6 +1,6 @@
 """`make demo`: the built-in example (inventories/local) converged from a Git commit.
 
-Starts 3 bare hosts (sshd in network namespaces, 198.51.100.11-13), puts the project's
+Starts 3 bare hosts (systemd in network namespaces, sshd as a service, 198.51.100.11-13), puts the project's
 playbooks/, roles/ and inventories/ in a fresh Git repository, and drives the pull cycle
 the way cron would, step by step: first converge, nothing to do, a one-template commit,
 drift found by `plan` and healed by `run --force`, then `status` and `history`.
@@ -50,7 +50,7 @@ def make_repository() -> WorkTree:
 
 
 def main() -> int:
-    banner("starting 3 bare hosts (sshd in network namespaces, own root filesystems)")
+    banner("starting 3 bare hosts (systemd in network namespaces, own root filesystems)")
     lab = HostLab(DEMO, HOSTS, prefix="gatdemo", subnet="198.51.100")
     lab.start()
     for host in lab.hosts.values():

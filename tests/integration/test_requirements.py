@@ -9,6 +9,7 @@ use a collection's modules write into the test's own directory.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -445,6 +446,10 @@ def test_galaxy_style_roles_converge_two_hosts_and_a_forced_run_changes_nothing(
             "reloaded www.example.test\n"  # the handler, once
     again = run_lab(cli, galaxy, "--force", code=0)
     assert "2 hosts converged, nothing changed" in said(again)
+    # check-hosts validates as the run does: with the collections the requirements install
+    checks = cli("check-hosts", "--env", "lab", "--path", galaxy.path, "--json", check_code=0)
+    assert {c["host"]: c["status"] for c in json.loads(checks.stdout)} == \
+        {host: "ok" for host in WEB}
     assert "unchanged, reused" in said(again)
     for host in WEB:
         assert on_host(host_lab, host, "/var/log/acme-web-reloads.log").read_text() == \
