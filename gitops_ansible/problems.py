@@ -21,10 +21,12 @@ class Problem:
 
 
 class Refused(Exception):
-    """The revision cannot be converged: bad input, found before touching anything."""
+    """The revision cannot be converged: bad input, found before touching anything.
+    ``retry``: the cause may pass by itself (a Galaxy server that is down), so the revision
+    is not marked refused and the next cycle tries it again."""
 
-    def __init__(self, problems: list[Problem]):
-        self.problems = problems
+    def __init__(self, problems: list[Problem], retry: bool = False):
+        self.problems, self.retry = problems, retry
         super().__init__("; ".join(str(p) for p in problems))
 
 

@@ -353,7 +353,7 @@ class Cycle:
             paths = requirements.install(checkout, self.settings, self.reporter.log)
             inventory = inventory_mod.load(checkout, self.settings, paths)
         except inventory_mod.Refused as exc:
-            verdict = self._refused(exc.problems)
+            verdict = self._refused(exc.problems, sticky=not exc.retry)
             raise Stop(verdict, logged=True, message=f"revision {revision[:12]} refused: "
                        f"{verdict.message}") from None
         if self.remote and not self.check:
@@ -385,12 +385,14 @@ class Cycle:
         if self.settings.preflight == "skip":
             the_plan.excluded = {c.host: f"{c.status}: {c.detail}" for c in bad}
 
-    def _refused(self, problems) -> Verdict:
+    def _refused(self, problems, sticky: bool) -> Verdict:
+        """A refusal; a ``sticky`` one marks the revision refused (no retry until a new
+        commit or --force)."""
         for problem in problems:
             self.reporter.log(f"refused: {problem}", "error")
         message = "; ".join(str(p) for p in problems)
         transition = None
-        if self.remote and not self.check:
+        if sticky and self.remote and not self.check:
             transition = Transition.refused(self.run_record.revision, self.run_record.id,
                                             message)
         return Verdict(RunStatus.REFUSED, message, transition=transition)

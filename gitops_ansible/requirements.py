@@ -463,13 +463,14 @@ def _galaxy(checkout: Path, wanted: RequirementsFile, kind: str, tmp: Path, sett
         output, _ = proc.communicate(timeout=settings.galaxy_timeout)
     except subprocess.TimeoutExpired:
         raise Refused([Problem(wanted.rel, None, f"installing the {kind} did not finish "
-                               f"within {settings.galaxy_timeout}s (galaxy_timeout)")]) from None
+                               f"within {settings.galaxy_timeout}s (galaxy_timeout)")],
+                      retry=True) from None
     finally:
         if proc.poll() is None:  # the timeout, or a signal that cancels the cycle
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    if proc.returncode:
-        raise Refused([_failure(wanted, kind, redactor.scrub(output))])
+    if proc.returncode:  # a server down, or a version it lacks: the next cycle tries again
+        raise Refused([_failure(wanted, kind, redactor.scrub(output))], retry=True)
 
 
 def _failure(wanted: RequirementsFile, kind: str, output: str) -> Problem:

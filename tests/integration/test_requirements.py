@@ -294,6 +294,11 @@ def test_a_galaxy_server_that_is_down_is_refused_and_its_token_never_shown(
     assert not leaked
     history = cli("history", "--env", "dev", check_code=0)
     assert "refused" in history.stdout and token not in said(history)
+    # the server may only be down: the revision is not marked refused, the next cycle
+    # installs again (and would converge once the server is back)
+    again = run(cli, estate, git_servers, "--config", config, code=5)
+    assert f"Unknown error when attempting to call Galaxy at '{server}'" in again.stderr
+    assert "was refused (run" not in said(again)
 
 
 def test_an_install_past_galaxy_timeout_is_stopped_and_refused(cli, estate, git_servers,
