@@ -65,6 +65,14 @@ def estate(git_servers, host_lab, tmp_path, request):
     return lab_estate(git_servers, host_lab, tmp_path, request.node.name)
 
 
+def bare_metal_roles_only(roles: dict, host: str) -> bool:
+    """A bare host got the platform's roles and no others: the host roles, and on the
+    hardened subset ssh_hardening (``roles``: tests.conftest.roles_by_host)."""
+    applied = roles[host] - {None}
+    extra = {"ssh_hardening"} if host in HARDENED else set()
+    return bool(applied) and all(r.startswith("host_") or r in extra for r in applied)
+
+
 def run(cli, estate, *extra, code=None):
     return cli("run", "--repo", estate.url, "--env", "lab", *VAULT, *extra, check_code=code)
 
