@@ -350,7 +350,8 @@ class Cycle:
         from . import requirements
 
         try:  # the collections and roles first: validation looks for what is installed
-            paths = requirements.install(checkout, self.settings, self.reporter.log)
+            paths = requirements.install(checkout, self.settings, self.reporter.log,
+                                         self.run_record.id)
             inventory = inventory_mod.load(checkout, self.settings, paths)
         except inventory_mod.Refused as exc:
             verdict = self._refused(exc.problems, sticky=not exc.retry)

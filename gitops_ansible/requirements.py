@@ -34,9 +34,11 @@ from pathlib import Path
 import yaml
 
 from . import source
-from .boundary import files_inside, inside, real, within
+from .boundary import files_inside, inside, is_a, real, within
 from .problems import Problem, Refused, first_line, refuse
+from .execute import RUN_ID_VAR
 from .report import Redactor
+from .store import new_run_id
 from .yamlscan import Loader, Scan, kind_of
 
 FILES = ("collections/requirements.yml", "collections/requirements.yaml",
@@ -94,9 +96,13 @@ class RequirementsFile:
 # -- reading and checking -----------------------------------------------------------------
 def read(checkout: Path, servers=()) -> list[RequirementsFile]:
     """The requirements files of ``checkout`` that exist, checked; ``Refused`` names file,
-    line and key of every problem."""
+    line and key of every problem. The checkout's ansible.cfg, which ansible-galaxy and
+    the search paths read, must be in the checkout too."""
     root = checkout.resolve()
     found, problems = [], []
+    config = checkout / "ansible.cfg"
+    if config.is_symlink() or config.exists():
+        problems += within(config, checkout, root, "ansible.cfg")
     for rel in FILES:
         path = checkout / rel
         if not (path.is_file() or path.is_symlink()):
@@ -217,7 +223,8 @@ def _collection(rel: str, where: str, node, ctx: _Context):
                                       f"galaxy_servers entry ({names}) or a URL, got "
                                       f"{fields['source']!r}")
         return made(server, name.split(":")[0])
-    return _local(rel, where, line, name, {"subdirs": "dir"}.get(kind, kind), ctx, made)
+    return _local(rel, where, line, name, {"subdirs": "dir", "url": "local"}.get(kind, kind),
+                  ctx, made)
 
 
 def _guess_type(name: str) -> str:
@@ -241,12 +248,18 @@ def _server(ctx: _Context, wanted: str | None) -> str | None:
     return "the Galaxy servers of ansible-galaxy's own configuration (no galaxy_servers set)"
 
 
+# Git transports a requirement may use: not file, which would install a repository of the
+# controller's, outside the checkout.
+GIT_TRANSPORTS = tuple(t for t in source.TRANSPORTS if t != "file")
+
+
 def _git(rel: str, where: str, line: int, name: str, made):
     url = re.sub(r"^git\+", "", name).split(",")[0].split("#")[0]
     transport = source.transport(url)
-    if transport not in source.TRANSPORTS:
+    if transport not in GIT_TRANSPORTS:
         return Problem(rel, line, f"{where}: Git URL {source.redact_url(url)!r}: transport "
-                                  f"'{transport}' is not allowed (file, git, ssh, https)")
+                                  f"'{transport}' is not allowed ({', '.join(GIT_TRANSPORTS)}: "
+                                  "a repository of this machine is outside the checkout)")
     return made(f"Git {source.redact_url(url)}", url)
 
 
@@ -262,7 +275,7 @@ def _local(rel: str, where: str, line: int, name: str, want: str, ctx: _Context,
         return Problem(rel, line, f"{where}: '{name}' resolves to {shown}, outside the "
                                   "checkout: only tarballs and directories of the repository "
                                   "are installed from a path")
-    found = "dir" if resolved.is_dir() else "file" if resolved.is_file() else None
+    found = "dir" if is_a("dir", resolved) else "file" if is_a("file", resolved) else None
     if found is None or want not in ("local", found):
         what = {"dir": "a directory", "file": "a file (a tarball)"}.get(
             want, "a namespace.collection, a URL, or a tarball or directory")
@@ -341,9 +354,11 @@ def search_paths(checkout: Path, cache: Path | None) -> SearchPaths:
 
 
 # -- installing -----------------------------------------------------------------------------
-def install(checkout: Path, settings, log=lambda message, level="info": None) -> SearchPaths:
+def install(checkout: Path, settings, log=lambda message, level="info": None,
+            run_id: str | None = None) -> SearchPaths:
     """Install what the checkout's requirements files name (or reuse the cache) and say
-    where Ansible finds it. No requirements file: nothing runs."""
+    where Ansible finds it. No requirements file: nothing runs. ``run_id`` marks the
+    ansible-galaxy processes as the run's (execute.orphans)."""
     wanted = [f for f in read(checkout, settings.galaxy_servers) if f.collections or f.roles]
     if not wanted:
         return search_paths(checkout, None)
@@ -354,7 +369,7 @@ def install(checkout: Path, settings, log=lambda message, level="info": None) ->
         _touch(cache)
         log(f"requirements: {what} unchanged, reused {cache}")
     else:
-        _build(checkout, wanted, cache, settings, log)
+        _build(checkout, wanted, cache, settings, log, run_id or new_run_id())
     return search_paths(checkout, cache)
 
 
@@ -367,6 +382,8 @@ def cache_key(checkout: Path, wanted: list[RequirementsFile], servers) -> str:
         digest.update(len(data).to_bytes(8, "big") + data)
 
     feed(__version__.encode())
+    config = checkout / "ansible.cfg"  # its [galaxy] server_list, when no galaxy_servers
+    feed(config.read_bytes() if is_a("file", config) else b"")
     for server in servers:
         feed(f"{server.name}={server.url}".encode())
     for wanted_file in wanted:
@@ -390,7 +407,8 @@ def _touch(cache: Path) -> None:
     (cache / ".used").touch()
 
 
-def _build(checkout: Path, wanted: list[RequirementsFile], cache: Path, settings, log) -> None:
+def _build(checkout: Path, wanted: list[RequirementsFile], cache: Path, settings, log,
+           run_id: str) -> None:
     root = cache.parent
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".lock", "w") as lock:
@@ -408,7 +426,7 @@ def _build(checkout: Path, wanted: list[RequirementsFile], cache: Path, settings
                 for kind in ("collections", "roles"):
                     if getattr(wanted_file, kind):
                         log(f"requirements: installing the {kind} of {wanted_file.rel}")
-                        _galaxy(checkout, wanted_file, kind, tmp, settings)
+                        _galaxy(checkout, wanted_file, kind, tmp, settings, run_id)
             _touch(tmp)
             tmp.rename(cache)
         finally:
@@ -427,18 +445,20 @@ def _prune(root: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def galaxy_env(checkout: Path, settings, collections: Path) -> dict[str, str]:
+def galaxy_env(checkout: Path, settings, collections: Path, run_id: str) -> dict[str, str]:
     """ansible-galaxy's environment: this interpreter's bin first, the checkout's
-    ansible.cfg, the run's collection paths (what is installed there counts as
-    installed), the configured servers with their tokens, Git's allowed transports."""
+    ansible.cfg, the cache being built as the only collection path (a collection found
+    elsewhere, ~/.ansible/collections say, would be skipped and missing from a cache
+    that outlives it), the configured servers with their tokens, Git's allowed transports,
+    and the run id (a later cycle stops what a killed one left running)."""
     bin_dir = str(Path(sys.executable).parent)
     env = dict(os.environ, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""),
                ANSIBLE_NOCOLOR="True", ANSIBLE_FORCE_COLOR="False",
-               GIT_ALLOW_PROTOCOL=":".join(source.TRANSPORTS), GIT_TERMINAL_PROMPT="0")
+               GIT_ALLOW_PROTOCOL=":".join(GIT_TRANSPORTS), GIT_TERMINAL_PROMPT="0")
     if (checkout / "ansible.cfg").is_file():
         env["ANSIBLE_CONFIG"] = str(checkout / "ansible.cfg")
-    paths = search_paths(checkout, None).collections
-    env["ANSIBLE_COLLECTIONS_PATH"] = os.pathsep.join(map(str, (collections, *paths)))
+    env["ANSIBLE_COLLECTIONS_PATH"] = str(collections)
+    env[RUN_ID_VAR] = run_id
     if settings.galaxy_servers:
         env["ANSIBLE_GALAXY_SERVER_LIST"] = ",".join(s.name for s in settings.galaxy_servers)
     for server in settings.galaxy_servers:
@@ -450,11 +470,12 @@ def galaxy_env(checkout: Path, settings, collections: Path) -> dict[str, str]:
     return env
 
 
-def _galaxy(checkout: Path, wanted: RequirementsFile, kind: str, tmp: Path, settings) -> None:
+def _galaxy(checkout: Path, wanted: RequirementsFile, kind: str, tmp: Path, settings,
+            run_id: str) -> None:
     """``ansible-galaxy collection|role install -r FILE -p DIR`` in the checkout (relative
     paths of the file resolve there); a failure or the timeout is a ``Refused``."""
     argv = ["ansible-galaxy", kind[:-1], "install", "-r", wanted.rel, "-p", str(tmp / kind)]
-    env = galaxy_env(checkout, settings, tmp / "collections")
+    env = galaxy_env(checkout, settings, tmp / "collections", run_id)
     redactor = Redactor({s.token() for s in settings.galaxy_servers} - {None})
     proc = subprocess.Popen(argv, cwd=checkout, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -473,19 +494,34 @@ def _galaxy(checkout: Path, wanted: RequirementsFile, kind: str, tmp: Path, sett
         raise Refused([_failure(wanted, kind, redactor.scrub(output))], retry=True)
 
 
+ERROR_LINES = 6  # an error and the lines that explain it, in a refusal
+
+
 def _failure(wanted: RequirementsFile, kind: str, output: str) -> Problem:
-    """The requirement ansible-galaxy's messages name (else the only one, else the file)
-    and its own error line."""
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
-    said = [line for line in lines if line.startswith(("[ERROR]", "ERROR!", "[WARNING]"))]
-    failed = [line for line in said if "NOT installed successfully" in line]
-    errors = [line for line in said if not line.startswith("[WARNING]")]
-    error = (failed or errors or lines[-1:] or ["ansible-galaxy failed with no output"])[0]
-    error = re.sub(r"^(\[(ERROR|WARNING)\]:|ERROR!)\s*(- )?", "", error)
+    """The requirement ansible-galaxy's error names (else the only one, else every
+    source) and its own error, with the lines that explain it (a dependency conflict lists
+    the requirements it could not satisfy below its error line)."""
+    lines = [line.strip() for line in output.splitlines()]
+    prefixed = ("[ERROR]", "ERROR!", "[WARNING]")
+    starts = [i for i, line in enumerate(lines) if "NOT installed successfully" in line] or \
+        [i for i, line in enumerate(lines) if line.startswith(prefixed[:2])]
+    if starts:
+        block = [lines[starts[0]]]
+        for line in lines[starts[0] + 1:]:
+            if not line or line.startswith(prefixed) or len(block) == ERROR_LINES:
+                break
+            block.append(line)
+    else:
+        block = [line for line in lines if line][-1:] or ["ansible-galaxy failed with no output"]
+    error = re.sub(r"^(\[(ERROR|WARNING)\]:|ERROR!)\s*(- )?", "", " ".join(block))
     reqs = getattr(wanted, kind)
-    named = [r for r in reqs if any(r.needle in line for line in said)] or \
+    said = [line for line in lines if line.startswith(prefixed)]  # not "Installing 'x'..."
+    named = [r for r in reqs if any(r.needle in line for line in block)] or \
+        [r for r in reqs if any(r.needle in line for line in said)] or \
         (reqs if len(reqs) == 1 else [])
     if named:
         return Problem(wanted.rel, named[0].line, f"{named[0]} cannot be installed: "
                                                   f"ansible-galaxy: {error}")
-    return Problem(wanted.rel, None, f"the {kind} cannot be installed: ansible-galaxy: {error}")
+    sources = "; ".join(dict.fromkeys(r.source for r in reqs))
+    return Problem(wanted.rel, None, f"the {kind} cannot be installed (from {sources}): "
+                                     f"ansible-galaxy: {error}")

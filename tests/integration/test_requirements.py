@@ -335,6 +335,29 @@ def _cwd(proc: Path) -> str:
         return ""
 
 
+def test_a_dependency_conflict_is_refused_with_what_could_not_be_satisfied(tmp_path):
+    checkout = tmp_path / "repo"
+    for name, extra in (("tools", ""), ("other", "dependencies:\n  acme.tools: '>=2.0.0'\n")):
+        src = checkout / "collections/src" / name
+        src.mkdir(parents=True)
+        (src / "README.md").write_text("test\n")
+        (src / "galaxy.yml").write_text(f"namespace: acme\nname: {name}\nversion: 1.0.0\n"
+                                        f"readme: README.md\nauthors: [lab]\n{extra}")
+    (checkout / "collections/requirements.yml").write_text(
+        "collections:\n  - name: collections/src/tools\n    type: dir\n"
+        "  - name: collections/src/other\n    type: dir\n")
+    with pytest.raises(Refused) as refused:
+        requirements.install(checkout, make_settings(state_dir=str(tmp_path / "state")))
+    message = str(refused.value)
+    assert message.startswith("collections/requirements.yml:2: collection "
+                              "'collections/src/tools' from collections/src/tools in the "
+                              "repository cannot be installed: ansible-galaxy: Failed to "
+                              "resolve the requested dependencies map.")
+    # the lines below ansible-galaxy's error line say what could not be satisfied
+    assert "* acme.tools:1.0.0 * acme.tools:>=2.0.0" in message
+    assert not list((tmp_path / "state/requirements").glob("[0-9a-f]*")), "a half cache"
+
+
 def test_no_requirements_file_installs_nothing(tmp_path):
     checkout = tmp_path / "repo"
     (checkout / "roles").mkdir(parents=True)
@@ -370,6 +393,12 @@ def test_no_requirements_file_installs_nothing(tmp_path):
     ("collections:\n  - name: file:///etc/hostname\n    type: url\n",
      "collections/requirements.yml:2: collections[0]: 'file:///etc/hostname' resolves to "
      "/etc/hostname, outside the checkout"),
+    ("collections:\n  - name: git+file:///srv/estate-of-another-team.git\n",
+     "collections/requirements.yml:2: collections[0]: Git URL 'file:///srv/estate-of-another-"
+     "team.git': transport 'file' is not allowed"),
+    ("collections:\n  - name: " + "x" * 300 + ".tar.gz\n    type: file\n",
+     "collections/requirements.yml:2: collections[0]: '" + "x" * 300 + ".tar.gz': expected a "
+     "file (a tarball) in the checkout"),
     ("roles:\n  - include: more.yml\n", "collections/requirements.yml:2: roles[0]: key "
                                          "'include': not supported"),
     ("collections:\n  - a.b\n  - a.b\ncollections: []\n",
@@ -485,7 +514,7 @@ def test_a_source_without_type_is_taken_as_ansible_galaxy_takes_it(tmp_path):
     (tmp_path / "collections/requirements.yml").write_text(
         "collections:\n  - collections/acme-web-1.0.0.tar.gz\n  - ./collections/src/tools\n"
         "  - name: acme.db\n    signatures: [https://files.example/acme-db.asc]\n"
-        "  - https://files.example/acme-x-1.0.0.tar.gz\n  - git+file:///srv/x.git\n"
+        "  - https://files.example/acme-x-1.0.0.tar.gz\n  - git+https://git.example/x.git\n"
         "  - missing/thing\n")
     with pytest.raises(Refused) as refused:
         requirements.read(tmp_path)
@@ -499,4 +528,9 @@ def test_a_source_without_type_is_taken_as_ansible_galaxy_takes_it(tmp_path):
         "collections/acme-web-1.0.0.tar.gz in the repository",
         "./collections/src/tools in the repository",
         "the Galaxy servers of ansible-galaxy's own configuration (no galaxy_servers set)",
-        "URL https://files.example/acme-x-1.0.0.tar.gz", "Git file:///srv/x.git"]
+        "URL https://files.example/acme-x-1.0.0.tar.gz", "Git https://git.example/x.git"]
+    # a file:// URL is a path: one in the checkout is taken
+    (tmp_path / "collections/requirements.yml").write_text(
+        f"collections:\n  - file://{tmp_path}/collections/acme-web-1.0.0.tar.gz\n")
+    [wanted] = requirements.read(tmp_path)
+    assert wanted.collections[0].local == (tmp_path / "collections/acme-web-1.0.0.tar.gz")
