@@ -222,12 +222,13 @@ _ORIGIN = re.compile(r"Origin: (?P<path>.+?)(?P<pos>(:\d+)+)$")
 def _ansible_error(path: Path, checkout: Path) -> str:
     """Ansible's own error line from the output of a run that ended without results
     ("[ERROR]: ...", "ERROR! ..." before ansible-core 2.19), with the file:line it names
-    relative to the checkout; else the last lines of the output."""
+    relative to the checkout; else the last lines of the output. The last one: the error
+    that ended the run comes after those of the failures it went past (ignore_errors)."""
     try:
         lines = [line.strip() for line in path.read_text(errors="replace").splitlines()]
     except OSError:
         return ""
-    for number, line in enumerate(lines):
+    for number, line in reversed(list(enumerate(lines))):
         if line.startswith(("[ERROR]:", "ERROR!")):
             error = line.split(":", 1)[1].strip() if line.startswith("[") else line[6:].strip()
             origin = next((m for m in map(_ORIGIN.match, lines[number + 1:number + 3]) if m),

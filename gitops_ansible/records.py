@@ -11,7 +11,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from .store import EnvState, Mode, Store, Transition
+from .store import EnvState, Store, Transition
 
 
 def _store(state_dir: Path) -> Store:
@@ -54,13 +54,14 @@ class EnvStatus:
 
 def status(state_dir: Path, env: str | None = None) -> list[EnvStatus]:
     """Every environment the store knows (or just ``env``), with its newest run that was
-    not a plan (a plan changes nothing: it is in the history, not the environment's state)."""
+    not in check mode (a plan, a drift check or a --check run changes nothing: they are in
+    the history, not the environment's last run)."""
     with closing(_store(state_dir)) as store:
         out = []
         for state in store.environments():
             if env and state.env != env:
                 continue
-            last = store.runs(state.env, 1, skip_mode=Mode.PLAN)
+            last = store.runs(state.env, 1, changing_only=True)
             out.append(EnvStatus(state, last[0] if last else None))
         return out
 

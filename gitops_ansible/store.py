@@ -413,12 +413,14 @@ class Store:
         return rows
 
     def runs(self, env: str | None = None, limit: int = 20,
-             skip_mode: Mode | None = None) -> list[dict]:
+             changing_only: bool = False) -> list[dict]:
+        """The newest runs first; ``changing_only``: not those in check mode (plan, drift
+        checks, --check)."""
         where, args = [], []
         if env:
             where, args = ["env = ?"], [env]
-        if skip_mode:
-            where, args = where + ["mode != ?"], args + [str(skip_mode)]
+        if changing_only:
+            where.append("check_mode = 0")
         query = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
         query += " ORDER BY started_at DESC, rowid DESC LIMIT ?"
         return [dict(r) for r in self.db.execute(query, (*args, limit))]

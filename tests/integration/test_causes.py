@@ -56,6 +56,31 @@ def test_a_failed_loop_names_its_failing_items(cli, tmp_path):
     assert "rsh: service rsh is not allowed here" in shown
 
 
+def test_the_error_that_ended_the_run_is_kept_not_an_ignored_one_before_it(cli, tmp_path):
+    repo = push_repo(tmp_path, """---
+- name: A failure the role goes past
+  ansible.builtin.fail:
+    msg: not this one
+  ignore_errors: true
+""")
+    site = repo / "playbooks/site.yml"
+    site.write_text(site.read_text() + """
+- name: A play whose hosts cannot be known
+  hosts: "{{ no_such_variable }}"
+  gather_facts: false
+  tasks:
+    - name: Never
+      ansible.builtin.debug:
+        msg: never
+""")
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t",
+                    "commit", "-qam", "a play that cannot start"], check=True)
+    done = cli("push", "--env", "dev", "--path", repo, check_code=1)
+    assert "ansible failed: Error processing keyword 'hosts': 'no_such_variable' is " \
+           "undefined (playbooks/site.yml:18:10)" in done.stderr
+    assert "not this one" not in done.stderr.split("ansible failed:")[1]
+
+
 def test_an_ansible_error_keeps_its_own_line_and_place(cli, tmp_path):
     repo = push_repo(tmp_path, """---
 - name: Something from a collection that is not there

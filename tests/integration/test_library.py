@@ -53,10 +53,12 @@ def test_a_pull_cycle_through_the_library(git_servers, tmp_path, capfd):
     assert capfd.readouterr() == ("", "")
 
 
-def test_a_plan_says_what_it_does_and_is_not_the_environment_s_last_run(git_servers, tmp_path):
+def test_a_plan_or_check_says_what_it_does_and_is_not_the_environment_s_last_run(
+        git_servers, tmp_path):
     estate = local_estate(git_servers, tmp_path, "library-plan")
-    settings = ga.load_settings({"repo": git_servers.url(estate.name, "file"), "env": "dev",
-                                 "state_dir": str(tmp_path / "state")})
+    settings_values = {"repo": git_servers.url(estate.name, "file"), "env": "dev",
+                       "state_dir": str(tmp_path / "state")}
+    settings = ga.load_settings(settings_values)
     applied = ga.cycle(settings, ga.Mode.PULL)
     estate.write("inventories/dev/host_vars/beta.yml", "---\ngreet_name: beta\n")
     estate.commit("beta gets its own greeting")
@@ -76,6 +78,9 @@ def test_a_plan_says_what_it_does_and_is_not_the_environment_s_last_run(git_serv
     assert env.state.applied_revision == applied.revision
     assert [r["mode"] for r in ga.history(settings.state_path, "dev")] == ["plan", "pull"]
 
+    checked = ga.cycle(ga.load_settings({**settings_values, "check": True}), ga.Mode.PULL)
+    assert checked.status is ga.RunStatus.CHANGED  # would change: a --check run
+    assert ga.status(settings.state_path, "dev")[0].last_run["id"] == applied.run_id
     ga.cycle(settings, ga.Mode.PULL)
     unchanged = ga.cycle(settings, ga.Mode.PLAN)
     assert unchanged.exit_code is ga.ExitCode.OK
