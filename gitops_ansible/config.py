@@ -157,9 +157,11 @@ def galaxy_servers(where: str, raw) -> tuple[GalaxyServer, ...]:
             raise ConfigError(at, "name", "1 to 63 characters of A-Z, a-z, 0-9 and '_'", name)
         if name in (s.name for s in servers):
             raise ConfigError(at, "name", "a name no other galaxy_servers entry has", name)
-        if not isinstance(url, str) or not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
-            raise ConfigError(at, "url", "an http:// or https:// URL (the server's API root, "
-                                         "e.g. https://hub.example.com/api/galaxy/)", url)
+        if not isinstance(url, str) or not re.fullmatch(r"https?://[^\s/@]+(/\S*)?", url):
+            shown_url = source.redact_url(url) if isinstance(url, str) else url
+            raise ConfigError(at, "url", "an http:// or https:// URL without credentials (the "
+                                         "server's API root, e.g. https://hub.example.com/api/"
+                                         "galaxy/; a token goes in token_file)", shown_url)
         if token_file is not None and (not isinstance(token_file, str) or not token_file):
             raise ConfigError(at, "token_file", "a file system path", token_file)
         servers.append(GalaxyServer(name, url, token_file, at))

@@ -127,8 +127,8 @@ def init(dest: Path, platform: str = "baremetal", role: str | None = None,
     return list(content)
 
 
-# The first commit's author when the user has no Git identity yet (a fresh machine, CI).
-INIT_IDENTITY = ["-c", "user.name=gitops-ansible init", "-c", "user.email=init@gitops-ansible"]
+# The first commit's author where the user has no Git identity yet (a fresh machine, CI).
+INIT_IDENTITY = {"user.name": "gitops-ansible init", "user.email": "init@gitops-ansible"}
 
 
 def commit(dest: Path, paths: list[Path]) -> str | None:
@@ -144,13 +144,14 @@ def commit(dest: Path, paths: list[Path]) -> str | None:
 
     if git("rev-parse", "--is-inside-work-tree").returncode == 0:
         return None
-    identity = [] if git("config", "user.email").stdout.strip() else INIT_IDENTITY
+    identity = [arg for key, value in INIT_IDENTITY.items()
+                if not git("config", key).stdout.strip() for arg in ("-c", f"{key}={value}")]
     written = [str(path.relative_to(dest)) for path in paths]
     for args in (["init", "-q", "-b", "main"], ["add", "--", *written],
                  [*identity, "commit", "-q", "-m",
                   "A new GitOps repository (gitops-ansible init)"]):
         done = git(*args)
         if done.returncode:
-            raise ScaffoldError(f"git {args[-1] if args[0] == '-c' else args[0]}: "
-                                f"{(done.stderr or done.stdout).strip()}")
+            step = next(a for a in args if a in ("init", "add", "commit"))
+            raise ScaffoldError(f"git {step}: {(done.stderr or done.stdout).strip()}")
     return git("rev-parse", "HEAD").stdout.strip()

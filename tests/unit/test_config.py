@@ -101,12 +101,16 @@ def test_galaxy_servers_from_the_file_in_order_with_their_tokens(tmp_path):
      'url = "https://y/"\n', "galaxy_servers[1]: key 'name': expected a name no other "
                              "galaxy_servers entry has, got 'a'"),
     ('[galaxy_servers]\nname = "a"\n', "key 'galaxy_servers': expected a list of tables"),
+    # credentials in the URL would reach every refusal that names the server: token_file
+    ('[[galaxy_servers]]\nname = "a"\nurl = "https://bot:pa55word@hub.example/api/"\n',
+     "galaxy_servers[0]: key 'url': expected an http:// or https:// URL without credentials"),
 ])
 def test_bad_galaxy_servers_name_the_file_entry_and_key(tmp_path, text, message):
     path = write(tmp_path, text)
     with pytest.raises(config.ConfigError) as err:
         config.load({}, path, {})
     assert str(err.value).startswith(path) and message in str(err.value)
+    assert "pa55word" not in str(err.value)
 
 
 def test_an_unreadable_galaxy_token_file_names_the_entry(tmp_path):

@@ -113,3 +113,31 @@ def test_init_refuses_a_file_where_it_needs_a_directory(tmp_path):
     with pytest.raises(scaffold.ScaffoldError, match="roles is not a directory"):
         scaffold.init(tmp_path, force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["roles"]
+
+
+def git_log(repo: Path) -> list[str]:
+    return subprocess.run(["git", "-C", str(repo), "log", "--format=%an <%ae> %s"],
+                          capture_output=True, text=True, check=True).stdout.splitlines()
+
+
+def test_init_commits_with_its_own_identity_where_git_has_none(tmp_path, monkeypatch):
+    for name in ("only-a-name", "none"):
+        config = tmp_path / f"{name}.gitconfig"  # a user's global Git settings
+        config.write_text("[user]\n\tname = Ada\n" if name == "only-a-name" else "")
+        monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(config))
+        monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+        repo = tmp_path / name
+        revision = scaffold.commit(repo, scaffold.init(repo))
+        author = "Ada <init@gitops-ansible>" if name == "only-a-name" else \
+            "gitops-ansible init <init@gitops-ansible>"
+        assert git_log(repo) == [f"{author} A new GitOps repository (gitops-ansible init)"]
+        assert revision and len(revision) == 40
+
+
+def test_init_inside_a_repository_writes_and_leaves_the_commit_to_its_owner(tmp_path):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    repo = tmp_path / "estate"
+    assert scaffold.commit(repo, scaffold.init(repo)) is None
+    assert (repo / "playbooks/site.yml").is_file()
+    assert subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"],
+                          capture_output=True).returncode != 0, "init made a commit"
