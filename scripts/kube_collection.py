@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -50,7 +51,9 @@ def wheel(version: str, cache_dir: Path | None, tmp: Path) -> Path:
     if not cache_dir:
         return tmp / name
     cache_dir.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp / name, cache_dir / name)
+    partial = cache_dir / f".{name}.partial"  # a copy first: /tmp may be another file system
+    shutil.copyfile(tmp / name, partial)
+    os.replace(partial, cache_dir / name)
     return cache_dir / name
 
 
