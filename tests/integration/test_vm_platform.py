@@ -141,6 +141,7 @@ def test_a_vm_from_git_beside_bare_hosts(cli, git_servers, host_lab, vm_lab, tmp
 
     # 2. A commit that does not touch the VM: nothing changes, no restart.
     hosts["all"]["children"]["baremetal"]["children"].pop("web")
+    hosts["all"]["children"].pop("hardened")  # a subset of the web hosts
     hosts_file.write_text(yaml.safe_dump(hosts))
     done = run("the web hosts leave this environment", 0)
     assert qemu_pid(name) == qemu
