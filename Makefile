@@ -87,7 +87,7 @@ test-compat:
 vm-assets: system venv  ## build the cached guest image for the vm tests (once per machine, 5-7 min)
 	$(PY) -m lab.guest build
 
-demo: system venv collections  ## converge the built-in example (inventories/local) on 3 bare hosts
+demo: system venv $(VENV)/.collections  ## converge the built-in example (inventories/local) on 3 bare hosts
 	$(PY) -m lab.demo
 
 demo-down:  ## stop the demo hosts
