@@ -10,6 +10,8 @@ gitserver.py  GitServers: bare repositories over file://, git daemon, SSH and HT
 kube.py       KubeCluster: etcd + kube-apiserver + controllers + kwok, binaries built once
 guest.py      the cached guest image (qcow2, kernel, initrd) and per-VM seed disks
 libvirt.py    VmLab: libvirtd, TCG guests reached over SSH on 127.0.0.1
+galaxy.py     GalaxyServer: a real Galaxy-compatible server (Pulp with pulp_ansible) on loopback
+collections.py  collections taken from the cached `ansible` wheel, and tarballs built of them
 recorder.py   Recorder: an HTTP server that records requests (stand-in for SaaS APIs)
 cache.py      the per-machine cache and build_once(), which builds each entry once
 system.py     commands run and checked, free ports, waiting for a port or an SSH banner
