@@ -319,7 +319,7 @@ def _text(node) -> str | None:
     return node.value if isinstance(node, yaml.ScalarNode) else None
 
 
-def _entry_file(directory: Path, name: str) -> Path | None:
+def entry_file(directory: Path, name: str) -> Path | None:
     """A role's tasks/handlers/meta file as Ansible finds it: NAME, NAME.yml, NAME.yaml."""
     for candidate in (f"{name}.yml", f"{name}.yaml", name):
         if is_a("file", directory / candidate):
@@ -339,7 +339,7 @@ class Walk:
         self.role_paths = [playbook_dir / "roles", *role_paths, playbook_dir]
         self.uses: dict[Use, None] = {}
         self.refs: dict[RoleRef, None] = {}
-        self._files: dict[tuple, list[RoleRef]] = {}
+        self._files: dict[tuple, list] = {}
         self._scanned: set[tuple[int, bool]] = set()
         self._rel: dict[Path, str] = {}
 
@@ -350,7 +350,7 @@ class Walk:
     def plays(self, playbook: Path) -> list[tuple[str | None, list[RoleRef]]]:
         """Each play of a playbook: its ``hosts`` pattern (None: a playbook it imports, or
         not a literal) and the roles it applies, theirs included."""
-        return [(hosts, self._closure(refs)) for hosts, refs in self._each_play(playbook)]
+        return [(hosts, self._closure(refs)) for hosts, refs in self._plays(playbook)]
 
     def _closure(self, refs: list[RoleRef]) -> list[RoleRef]:
         todo, out, seen = list(refs), [], set()
@@ -378,19 +378,20 @@ class Walk:
             self._expressions(node, path, False)
         return node
 
-    def _once(self, key: tuple, read) -> list[RoleRef]:
+    def _once(self, key: tuple, read) -> list:
         if key not in self._files:
             self._files[key] = []  # a file that imports itself: read once
             self._files[key] = read()
         return self._files[key]
 
     def _playbook(self, path: Path) -> list[RoleRef]:
-        return self._once(("playbook", os.path.realpath(path)), lambda: self._plays(path))
+        return [ref for _, refs in self._plays(path) for ref in refs]
 
-    def _plays(self, path: Path) -> list[RoleRef]:
-        return [ref for _, refs in self._each_play(path) for ref in refs]
+    def _plays(self, path: Path) -> list[tuple[str | None, list[RoleRef]]]:
+        """(hosts pattern, roles) of each play of a playbook, read once."""
+        return self._once(("playbook", os.path.realpath(path)), lambda: self._read_plays(path))
 
-    def _each_play(self, path: Path) -> list[tuple[str | None, list[RoleRef]]]:
+    def _read_plays(self, path: Path) -> list[tuple[str | None, list[RoleRef]]]:
         plays = []
         for play in _items(self._node(path)):
             pairs, refs = _pairs(play), []
@@ -414,12 +415,12 @@ class Walk:
 
     def _role(self, role: Path, entry: str) -> list[RoleRef]:
         def read() -> list[RoleRef]:
-            meta = _entry_file(role / "meta", "main")
+            meta = entry_file(role / "meta", "main")
             meta_pairs = _pairs(self._node(meta)) if meta else {}
             collections = _names(meta_pairs.get("collections", (None, None))[1])
             refs = []
             for directory, name in (("tasks", entry), ("handlers", "main")):
-                found = _entry_file(role / directory, name)
+                found = entry_file(role / directory, name)
                 if found:
                     refs += self._tasks(self._node(found), _Context(found, role, collections))
             deps = meta_pairs.get("dependencies", (None, None))[1]

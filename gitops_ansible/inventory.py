@@ -46,7 +46,7 @@ from pathlib import Path
 import yaml
 
 from .boundary import checkout_files, files_inside, follow_refs, within
-from .fqcn import Collections, RoleRef, Walk
+from .fqcn import Collections, RoleRef, Walk, entry_file
 from .problems import Problem, Refused, first_line, refuse, relative
 from .requirements import SearchPaths
 from .yamlscan import (YAML_ERRORS, Loader, Scan, kind_of, read_vault_password, scan_files,
@@ -118,11 +118,15 @@ def _line_of(path: Path, needle: str) -> int | None:
 class Platform:
     name: str
     playbook: Path
-    roles: list[RoleRef] = field(default_factory=list)  # roles it applies, found or not
-    # per play: its hosts pattern (None: every host of the platform) and the roles it applies
+    # per play: its hosts pattern (None: every host of the platform) and the roles it
+    # applies, found or not
     plays: list[tuple[str | None, list[RoleRef]]] = field(default_factory=list)
     local: bool = False  # every play on its group has connection: local
     created_by_run: bool = False  # a play on its group sets gitops_created_by_run: true
+
+    @property
+    def roles(self) -> list[RoleRef]:
+        return [role for _, refs in self.plays for role in refs]
 
 
 _PLAY_LISTS = ("roles", "pre_tasks", "tasks", "post_tasks")
@@ -409,10 +413,9 @@ _CONNECTION_OPTIONS = {"ansible_host": {"type": "str"}, "ansible_port": {"type":
 def _spec_file(role: Path) -> Path:
     """Where Ansible reads a role's argument specs: meta/argument_specs.yml (or .yaml),
     else the argument_specs of meta/main.yml."""
-    for name in ("argument_specs.yml", "argument_specs.yaml", "main.yml", "main.yaml"):
-        if (role / "meta" / name).is_file():
-            return role / "meta" / name
-    return role / "meta" / "argument_specs.yml"
+    meta = role / "meta"
+    return entry_file(meta, "argument_specs") or entry_file(meta, "main") or \
+        meta / "argument_specs.yml"
 
 
 def _role_problems(scan: Scan, hosts: list[_Host], role: RoleRef,
@@ -592,7 +595,6 @@ def _walk(scan: Scan, settings, paths: SearchPaths, platforms) -> tuple[Walk, li
     walk = Walk(scan, Collections.of(paths.collections, site.parent), paths.roles, site.parent)
     for platform in platforms.values():
         platform.plays = walk.plays(platform.playbook)
-        platform.roles = [role for _, refs in platform.plays for role in refs]
     code_dirs = [site.parent.resolve(), (scan.checkout / "roles").resolve()]
     for role in _found([r for p in platforms.values() for r in p.roles] + walk.applied(site)):
         real = role.path.resolve()
