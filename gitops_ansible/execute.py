@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .problems import text_lines
 from .report import Redactor
 from .store import HostResult, TaskResult
 
@@ -111,25 +112,20 @@ ITEMS_SHOWN = 3  # a failed loop's message names its first failing items
 
 def _failure(res: dict) -> str:
     """Why a task (or one loop item) failed, in one line, as Ansible said it."""
-    message = _first_line(res.get("msg")) or _first_line(res.get("reason"))
+    message = _line(res.get("msg"), 0) or _line(res.get("reason"), 0)
     if message.startswith("MODULE FAILURE"):  # the cause is in the module's own output
-        return _last_line(res.get("module_stderr")) or _last_line(res.get("module_stdout")) \
+        return _line(res.get("module_stderr"), -1) or _line(res.get("module_stdout"), -1) \
             or message
-    stderr = _last_line(res.get("stderr"))
+    stderr = _line(res.get("stderr"), -1)
     if stderr and stderr not in message:
         rc = f" (rc {res['rc']})" if isinstance(res.get("rc"), int) else ""
         message = f"{message}{rc}: {stderr}" if message else stderr
     return message[:500]
 
 
-def _first_line(text) -> str:
-    lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
-    return lines[0] if lines else ""
-
-
-def _last_line(text) -> str:
-    lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+def _line(text, index: int) -> str:
+    """The first (0) or last (-1) line of a result's text that says something."""
+    return (text_lines(text) or [""])[index]
 
 
 RUN_ID_VAR = "GITOPS_ANSIBLE_RUN_ID"

@@ -42,7 +42,11 @@ def relative(path: Path, root: Path) -> str:
         return str(path)
 
 
+def text_lines(text) -> list[str]:
+    """The lines of a message that say something, stripped."""
+    return [line.strip() for line in str(text or "").splitlines() if line.strip()]
+
+
 def first_line(exc: Exception) -> str:
     """The first line of an error (Ansible's carry the source below it)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
+    return (text_lines(exc) or [type(exc).__name__])[0]

@@ -4,15 +4,16 @@ A revision's ``collections/requirements.yml`` and ``roles/requirements.yml`` (``
 too) are installed with ansible-galaxy before the run, as AWX's project sync does, into a
 cache under the state directory, ``STATE_DIR/requirements/KEY/{collections,roles}``. KEY
 hashes what decides the result: the files' bytes, the bytes of the tarballs and
-directories they name in the checkout, the configured Galaxy servers (names and URLs, not
-tokens) and the ansible-core version. While KEY is the same the cache is reused
+directories they name in the checkout, ansible.cfg, the configured Galaxy servers (names
+and URLs, not tokens) and the ansible-core version. While KEY is the same the cache is reused
 and ansible-galaxy does not run. A cache is built in a temporary directory renamed into
 place, so a killed install never leaves half a cache.
 
 Before anything is installed the files are checked: their shape (file, line and key of
 what is wrong), and every local source must lie inside the checkout (``..`` or a link
 that leads out is refused). A failed install is a refusal naming the requirement, its
-source and ansible-galaxy's own error line.
+source and ansible-galaxy's own error; it does not mark the revision refused (a server
+that is down may be back at the next cycle).
 """
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ import yaml
 
 from . import source
 from .boundary import files_inside, inside, is_a, real, within
-from .problems import Problem, Refused, first_line, refuse
 from .execute import RUN_ID_VAR
+from .problems import Problem, Refused, first_line, refuse
 from .report import Redactor
 from .store import new_run_id
 from .yamlscan import Loader, Scan, kind_of

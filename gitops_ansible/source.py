@@ -24,6 +24,7 @@ import subprocess
 from pathlib import Path
 
 from . import names
+from .problems import text_lines
 
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 TRANSPORTS = ("file", "git", "ssh", "https")
@@ -98,8 +99,7 @@ def _git(args: list[str], settings, cwd: Path | None = None) -> str:
     except subprocess.TimeoutExpired:
         raise SourceError(f"git {args[0]} timed out after {settings.git_timeout}s") from None
     if done.returncode != 0:
-        lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
-        detail = " | ".join(lines)[-600:] or f"exit code {done.returncode}"
+        detail = " | ".join(text_lines(done.stderr))[-600:] or f"exit code {done.returncode}"
         raise SourceError(f"git {args[0]} {redact_url(settings.repo or '')}: {redact_url(detail)}")
     return done.stdout
 
