@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import names, source
 from .names import shown
+from .verify import MODES as verify_modes
 
 ENV_PREFIX = "GITOPS_ANSIBLE_"
 # Environment variables with the prefix that are not settings.
@@ -203,6 +204,19 @@ class Settings:
     git_timeout: int = setting("int", 60, "seconds allowed for one Git operation", minimum=1)
     galaxy_timeout: int = setting("int", 600, "seconds allowed for installing the requirements of a "
                                               "revision (ansible-galaxy)", minimum=1)
+    verify: str = setting("choice", "none", "signature policy: which commits and tags must be signed by a "
+                                            "trusted key before a revision is applied",
+                          verify_modes)
+    trusted_gpg_keys: str | None = setting("path", None, "verify: an armored OpenPGP public key file, or a "
+                                                         "directory of *.asc files (outside the repository)")
+    trusted_ssh_signers: str | None = setting("path", None, "verify: an SSH allowed_signers file (outside the "
+                                                            "repository)")
+    seal_trailer: str = setting("str", "GitOps-Seal", "verify = strict: the trailer of a signed commit that "
+                                                      "ends the walk (late adoption, key rotation)")
+    promote_from: str | None = setting("env", None, "converge only revisions that this environment "
+                                                    "converged cleanly at least `soak` ago")
+    soak: float = setting("duration", 0.0, "promote_from: how long a revision must have run cleanly "
+                                           "upstream")
     keep_runs: int = setting("int", 20, "artifact directories kept per environment")
     keep_checkouts: int = setting("int", 3, "checkouts kept per environment (besides the last good one)")
     json: bool = setting("bool", False, "structured JSON lines on stdout instead of progress for a person")
