@@ -27,7 +27,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 
 from . import config as config_mod
-from .alerts import Alert, AlertState, ended_status, started_status
+from .alerts import Alert, AlertState, ended_status, held_status, started_status
 from .notify import Notifier
 from .reconcile import cycle
 from .report import ConsoleReporter
@@ -263,9 +263,14 @@ class Agent:
             self.metrics.observe(env, time.monotonic() - started)
         if result.fetch_failed:
             self.metrics.inc("gitops_ansible_source_fetch_failures_total", env=env)
+        if result.unverified:
+            self.metrics.inc("gitops_ansible_unverified_revisions_total", env=env)
         if posted:
             self.notifier.commit_status(src.commit_status, env, posted[-1],
                                         *ended_status(env, result))
+        state.told, held = held_status(env, state.told, result, src.settings.promote_from)
+        if held:
+            self.notifier.commit_status(src.commit_status, env, result.candidate, *held)
         state.told, news = state.told.after_cycle(env, result, self.stopping)
         self._tell(state, news, result)
         state.last = {"kind": "heal" if force else "cycle", "trigger": trigger,

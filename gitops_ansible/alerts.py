@@ -5,7 +5,8 @@ An environment gets one ``failure`` alert when its cycles start failing and one
 set of drifted hosts changes; a ``refused`` alert once per refused revision. A cycle
 cancelled because the agent is stopping is the operator's doing, not a failure of the
 estate. A converging run posts ``pending`` on its commit when it starts and ``success``
-or ``failure`` when it ends.
+or ``failure`` when it ends; a revision held back (a pin, the promotion gate) gets one
+``pending`` status saying why, once per revision.
 
 These are decisions only, so that they can be tested without a process: ``notify``
 sends what they decide, rate-limited per environment and kind.
@@ -29,6 +30,7 @@ class AlertState:
     failing: bool = False                  # a failure alert went out, no recovery since
     drifted: frozenset[str] = frozenset()  # the hosts the last drift alert named
     refused: str | None = None             # the revision the last refused alert named
+    held: str | None = None                # the held revision whose status says so
 
     @classmethod
     def of(cls, env: EnvState) -> "AlertState":
@@ -62,6 +64,17 @@ class AlertState:
         if result.status is RunStatus.UNCHANGED:
             return replace(self, drifted=drifted), []
         return self, []
+
+
+def held_status(env: str, told: AlertState, result,
+                promote_from: str | None) -> tuple[AlertState, tuple[str, str] | None]:
+    """The commit status of a revision a cycle held back (pending, and why), once per
+    revision; None when there is nothing new to post."""
+    if not result.candidate or result.candidate == told.held:
+        return told, None
+    what = result.waiting if result.waiting.startswith("pinned") or not promote_from \
+        else f"waiting for promotion from {promote_from}: {result.waiting}"
+    return replace(told, held=result.candidate), ("pending", f"{env}: {what}")
 
 
 def started_status(env: str) -> tuple[str, str]:

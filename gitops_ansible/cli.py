@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import shlex
+import dataclasses
 import errno
+import shlex
 import json
 import os
 import re
@@ -16,7 +17,7 @@ from . import __version__
 from . import config as config_mod
 from . import records
 from .report import ConsoleReporter, ExitCode, save_traceback, table
-from .records import short, when
+from .records import short, short_signer, when
 from .store import Mode, StoreError
 
 CYCLE_FLAGS = ["env", "state_dir", "playbook", "inventory_dir", "vault_password_file", "check",
@@ -25,10 +26,16 @@ CYCLE_FLAGS = ["env", "state_dir", "playbook", "inventory_dir", "vault_password_
                "json"]
 GIT_FLAGS = ["repo", "ref", "workdir", "ssh_key", "accept_host_key", "git_token_file",
              "git_token_user", "git_timeout", "keep_checkouts"]
+# rollback ENV, promote ENV: a complete pull cycle of ENV (no --env, no partial run)
+HAND_FLAGS = [f for f in CYCLE_FLAGS if f not in ("env", "check", "limit", "tags", "skip_tags")]
+POLICY_FLAGS = ["verify", "trusted_gpg_keys", "trusted_ssh_signers", "seal_trailer",
+                "promote_from", "soak"]
 COMMAND_FLAGS = {
-    "run": CYCLE_FLAGS + GIT_FLAGS + ["splay", "force"],
-    "push": CYCLE_FLAGS + ["path"],
-    "plan": CYCLE_FLAGS + GIT_FLAGS + ["path"],
+    "run": CYCLE_FLAGS + GIT_FLAGS + POLICY_FLAGS + ["splay", "force"],
+    "push": CYCLE_FLAGS + POLICY_FLAGS + ["path"],
+    "plan": CYCLE_FLAGS + GIT_FLAGS + POLICY_FLAGS + ["path"],
+    "rollback": HAND_FLAGS + GIT_FLAGS + POLICY_FLAGS,
+    "promote": HAND_FLAGS + GIT_FLAGS + POLICY_FLAGS,
     "check-hosts": ["env", "path", "state_dir", "workdir", "inventory_dir", "playbook",
                     "vault_password_file", "known_hosts", "preflight_timeout", "json"],
     "status": ["env", "state_dir", "json"],
@@ -36,6 +43,7 @@ COMMAND_FLAGS = {
     "agent": ["state_dir", "json"],
     "suspend": ["state_dir"],
     "resume": ["state_dir"],
+    "unpin": ["state_dir"],
     "events": ["state_dir", "json"],
 }
 DEFAULT_AGENT_CONFIG = "/etc/gitops-ansible/agent.toml"
@@ -85,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         "sync": "ask a running agent for a cycle of one source or environment now",
         "suspend": "stop changing runs of an environment (pull, agent), with a reason",
         "resume": "let changing runs of a suspended environment start again",
+        "rollback": "converge a revision this environment applied before, and pin it there",
+        "unpin": "release a pin: the next cycle converges the newest revision again",
+        "promote": "approve a revision past the promotion gate by hand (a hotfix), and "
+                   "converge it",
         "events": "the per-host, per-task events of one run",
         "install-service": "write a systemd unit for the agent",
         "init": "scaffold a new GitOps repository (playbooks, inventories, a role, molecule)",
@@ -118,9 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
     subs["sync"].add_argument("name", help="source name or environment")
     subs["sync"].add_argument("--agent", metavar="URL", help="the agent's address (default: "
                               "from the config file's [agent] listen, else 127.0.0.1:9420)")
-    for name in ("suspend", "resume"):
+    for name in ("suspend", "resume", "unpin"):
         subs[name].add_argument("env", type=_env_arg, help="environment")
     subs["suspend"].add_argument("--reason", required=True, help="shown by status and the API")
+    subs["unpin"].add_argument("--reason", help="kept in the history")
+    back = subs["rollback"]
+    back.add_argument("target_env", metavar="ENV", type=_env_arg, help="environment")
+    which = back.add_mutually_exclusive_group()
+    which.add_argument("--to", metavar="REVISION", help="a revision it applied with no failed "
+                       "host (a commit id or its start; default: the one before the applied)")
+    which.add_argument("--run", metavar="RUN_ID", help="the revision that run applied")
+    back.add_argument("--reason", required=True, help="kept in the history, shown by status")
+    promote = subs["promote"]
+    promote.add_argument("target_env", metavar="ENV", type=_env_arg, help="environment")
+    promote.add_argument("--revision", required=True, help="the commit to let through")
+    promote.add_argument("--reason", required=True, help="kept in the history")
     subs["events"].add_argument("run_id", help="the run (see history)")
     service = subs["install-service"]
     service.add_argument("--systemd", action="store_true", required=True,
@@ -162,8 +186,11 @@ def main(argv=None) -> int:
         handler = {"run": cmd_cycle, "push": cmd_cycle, "plan": cmd_cycle,
                    "check-hosts": cmd_check_hosts, "status": cmd_status,
                    "history": cmd_history, "suspend": cmd_suspend, "resume": cmd_resume,
-                   "events": cmd_events}[args.command]
+                   "events": cmd_events, "rollback": cmd_rollback, "unpin": cmd_unpin,
+                   "promote": cmd_promote}[args.command]
         return handler(args, settings)
+    except records.NotAllowed as exc:
+        return fail(str(exc), ExitCode.REFUSED)
     except config_mod.ConfigError as exc:
         return fail(f"config error: {exc}", ExitCode.REFUSED)
     except StoreError as exc:
@@ -184,13 +211,13 @@ def fail(message: str, code: ExitCode) -> int:
     return int(code)
 
 
-def cmd_cycle(args, settings) -> int:
+def cmd_cycle(args, settings, trigger: str | None = None) -> int:
     from .reconcile import Cancel, Cancelled, cycle
 
     if args.command == "plan" and settings.sources["path"] != "default" and settings.repo:
         return fail("plan: --path and --repo exclude each other: plan a local checkout "
                     "(--path) or a revision of the repository (--repo)", ExitCode.REFUSED)
-    mode = {"run": Mode.PULL, "push": Mode.PUSH, "plan": Mode.PLAN}[args.command]
+    mode = {"push": Mode.PUSH, "plan": Mode.PLAN}.get(args.command, Mode.PULL)
     cancel = Cancel()
 
     def stop(signum, _frame):
@@ -203,7 +230,7 @@ def cmd_cycle(args, settings) -> int:
         signal.signal(signum, stop)
     reporter = ConsoleReporter(settings.json, show_diff=settings.diff or mode is Mode.PLAN)
     try:
-        result = cycle(settings, mode, reporter, _trigger(mode), cancel)
+        result = cycle(settings, mode, reporter, trigger or _trigger(mode), cancel)
     except Cancelled:
         return fail("cancelled by a signal before the run started; nothing was changed",
                     ExitCode.ERROR)
@@ -264,11 +291,12 @@ def cmd_status(args, settings) -> int:
     for env in envs:
         state, last = env.state, env.last_run or {}
         rows.append((state.env, short(state.applied_revision), when(state.applied_at),
-                     short(state.good_revision), when(state.checked_at),
+                     short_signer(state.applied_signer), short(state.good_revision),
+                     short(state.candidate_revision), when(state.checked_at),
                      f"{last.get('status', '-')} ({last.get('id', '-')})",
                      "; ".join(env.attention()) or "-"))
-    print(table(("ENV", "APPLIED", "APPLIED AT", "LAST GOOD", "LAST CHECK", "LAST RUN", "ATTENTION"),
-                rows), end="")
+    print(table(("ENV", "APPLIED", "APPLIED AT", "SIGNED BY", "LAST GOOD", "CANDIDATE",
+                 "LAST CHECK", "LAST RUN", "ATTENTION"), rows), end="")
     return ExitCode.OK
 
 
@@ -281,14 +309,20 @@ def cmd_history(args, settings) -> int:
         return ExitCode.OK
     rows = []
     for run in runs:
+        if "action" in run:  # a rollback, unpin or approval: what, when and why
+            done = {"rollback": "pinned", "unpin": "unpinned", "approve": "approved"}
+            rows.append((time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(run["at"])), run["env"],
+                         run["action"], "manual", short(run["revision"]),
+                         done[run["action"]], "-", "-", "-", f"reason: {run['reason'] or '-'}"))
+            continue
         took = f"{run['finished_at'] - run['started_at']:.1f}s" if run["finished_at"] else "-"
         hosts = " ".join(f"{h}:{o}" for h, o in run["hosts"].items()) or "-"
         mode = run["mode"] + (" (check)" if run["check_mode"] and run["mode"] != "plan" else "")
         rows.append((run["id"], run["env"], mode, run["trigger"], short(run["revision"]),
-                     run["status"], str(run["exit_code"] if run["exit_code"] is not None else "-"),
-                     took, hosts))
+                     run["status"], str(run["exit_code"] if run["exit_code"] is not None
+                                        else "-"), took, short_signer(run["signer"]), hosts))
     print(table(("RUN", "ENV", "MODE", "TRIGGER", "REVISION", "STATUS", "EXIT", "DURATION",
-                 "HOSTS"), rows), end="")
+                 "SIGNED BY", "HOSTS"), rows), end="")
     return ExitCode.OK
 
 
@@ -306,8 +340,8 @@ def _show_run(settings, run_id: str) -> int:
     if settings.json:
         print(json.dumps(run, indent=2, default=str))
         return ExitCode.OK
-    for key in ("id", "env", "mode", "trigger", "ref", "revision", "status", "exit_code",
-                "message", "artifacts"):
+    for key in ("id", "env", "mode", "trigger", "ref", "revision", "verify", "signer", "status",
+                "exit_code", "message", "artifacts"):
         print(f"{key + ':':<11}{run[key] if run[key] is not None else '-'}")
     print(f"{'started:':<11}{when(run['started_at'])}  finished: {when(run['finished_at'])}")
     if run["hosts"]:
@@ -397,6 +431,44 @@ def cmd_resume(args, settings) -> int:
     print(f"{args.env}: resumed" + (f" (was suspended: {reason})" if reason else
                                     " (it was not suspended)"))
     return ExitCode.OK
+
+
+def _for_env(args, settings):
+    """The settings of ``rollback ENV`` and ``promote ENV``: a pull cycle of ENV."""
+    settings = dataclasses.replace(settings, env=args.target_env)
+    settings.require("repo")
+    return settings
+
+
+def cmd_rollback(args, settings) -> int:
+    from .verify import Policy
+
+    settings = _for_env(args, settings)
+    revision = records.rollback_target(settings.state_path, settings.env, args.to, args.run,
+                                       verified=Policy.of(settings).active)
+    records.pin(settings.state_path, settings.env, revision, args.reason)
+    print(f"{settings.env}: pinned at {short(revision)} ({args.reason}); converging it. "
+          f"`gitops-ansible unpin {settings.env}` lets newer revisions through again.")
+    return cmd_cycle(args, settings, "rollback")
+
+
+def cmd_unpin(args, settings) -> int:
+    held = records.unpin(settings.state_path, args.env, args.reason)
+    print(f"{args.env}: unpinned (was at {short(held)}); the next cycle converges the newest "
+          "revision" if held else f"{args.env}: it was not pinned")
+    return ExitCode.OK
+
+
+def cmd_promote(args, settings) -> int:
+    settings = _for_env(args, settings)
+    if not settings.promote_from:
+        return fail(f"promote: {settings.env} does not follow another environment (set "
+                    "promote_from); `run` converges the newest revision", ExitCode.REFUSED)
+    revision = records.promotable(settings.state_path, settings.promote_from, args.revision)
+    records.approve(settings.state_path, settings.env, revision, args.reason)
+    print(f"{settings.env}: {short(revision)} approved past the promotion gate "
+          f"({args.reason}); converging it")
+    return cmd_cycle(args, settings, "promote")
 
 
 def cmd_events(args, settings) -> int:

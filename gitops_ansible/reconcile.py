@@ -19,10 +19,10 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import gate, source
 from . import plan as plan_mod
-from . import source
 from .config import ConfigError
-from .report import ExitCode, Redactor, Reporter, save_traceback
+from .report import ExitCode, Redactor, Reporter, plural, save_traceback
 from .store import (FAILED_OUTCOMES, EnvState, HostResult, Mode, RunRecord, RunStatus, Store,
                     Transition, Verdict, new_run_id)
 
@@ -37,11 +37,15 @@ class Result:
     revision: str | None = None
     hosts: list[HostResult] = field(default_factory=list)
     fetch_failed: bool = False  # Git could not be reached or the ref is gone
+    unverified: bool = False    # the signature policy refused the revision
+    candidate: str | None = None  # a revision held back (a pin, the promotion gate)
+    waiting: str | None = None    # why it is held back
 
     def as_dict(self) -> dict:
         return {"exit_code": int(self.exit_code), "status": str(self.status),
                 "message": self.message, "run_id": self.run_id, "revision": self.revision,
-                "hosts": {h.host: h.outcome for h in self.hosts}}
+                "hosts": {h.host: h.outcome for h in self.hosts},
+                "candidate": self.candidate, "waiting": self.waiting}
 
 
 class Stop(Exception):
@@ -222,6 +226,9 @@ class Cycle:
         self.fetch_error: str | None = None  # a failed fetch that --force went past
         self.converged = False               # Ansible ran (or every host was excluded)
         self.redactor = Redactor()
+        self.target: gate.Target | None = None  # pull mode: what the gate lets through
+        self.ahead: int | None = None           # commits of the ref beyond the target
+        self.unverified = False
 
     def run(self) -> Result:
         stop = None
@@ -255,26 +262,91 @@ class Cycle:
             self._start(revision)
             self.reporter.log(f"{self.env}: {self._doing()} {checkout} at "
                               f"{(revision or 'no commit')[:12]}, run {self.run_record.id}")
+            if self.mode is Mode.PUSH:
+                self._push_allowed(checkout, revision)
         return self._converge(checkout, revision)
+
+    def _push_allowed(self, checkout: Path, revision: str) -> None:
+        """Push converges what a pull cycle would: a pin and the promotion gate hold, and
+        the checkout's commit passes the signature policy."""
+        state = self.store.env_state(self.env)
+        why = gate.allows(state, revision, self.store, self.settings, time.time())
+        if why:
+            verdict = self._refused([why], sticky=False)
+            raise Stop(verdict, logged=True, message=f"push refused: {why}")
+        self._verify(checkout, revision, state)
 
     # -- source ---------------------------------------------------------------------
     def _pull_source(self) -> tuple[Path, str]:
         state = self.store.env_state(self.env)
         try:
-            revision = source.resolve(self.settings)
+            tip = source.resolve(self.settings)
         except source.SourceError as exc:
             return self._fetch_failed(state, str(exc))
+        revision = tip
+        if self.mode is Mode.PULL:  # plan --repo plans the ref it is given
+            self.target = gate.target(state, tip, self.store, self.settings, time.time())
+            revision = self.target.revision
+            self.ahead = self._ahead(state, tip)
+        if revision is None:
+            raise Stop(self._waiting(tip))
         decision = plan_mod.decide(state, revision, self.settings.force, self.check)
         if not decision.converge:
             raise Stop(self._nothing(state, revision, decision))
         self._start(revision)
-        self.reporter.log(f"{self.env}: {self._doing()} {revision[:12]} ({decision.reason}), "
-                          f"run {self.run_record.id}")
+        why = f"; {self.target.why}" if self.target and self.target.why else ""
+        self.reporter.log(f"{self.env}: {self._doing()} {revision[:12]} ({decision.reason}"
+                          f"{why}), run {self.run_record.id}")
+        fetching = self.settings if revision == tip else dataclasses.replace(
+            self.settings, ref=revision)
         try:
-            revision = source.fetch(self.settings, revision)
+            tags = self._policy().mode in ("tag", "tag-and-head")
+            revision = source.fetch(fetching, revision, tags=tags)
+        except (source.SourceError, OSError) as exc:
+            return self._fetch_failed(state, str(exc))
+        self._verify(source.mirror_path(self.settings), revision, state)
+        try:
             return source.export(self.settings, revision), revision
         except (source.SourceError, OSError) as exc:
             return self._fetch_failed(state, str(exc))
+
+    def _ahead(self, state: EnvState, tip: str) -> int | None:
+        """Commits of Git's ref beyond what the environment runs (asked of Git only when the
+        tip moved or the environment is held)."""
+        runs = self.target.revision or state.applied_revision
+        if not runs or runs == tip:
+            return 0 if runs else None
+        if tip == state.checked_revision and state.ahead is not None:
+            return state.ahead
+        return source.ahead(self.settings, runs, tip)
+
+    def _policy(self):
+        from . import verify
+        return verify.Policy.of(self.settings)
+
+    def _verify(self, repo: Path, revision: str, state: EnvState) -> None:
+        """The signature policy, on the fetched objects (or the push checkout) before
+        anything is exported or run; a refusal names the commit, the signer and the
+        policy."""
+        from . import verify
+
+        policy = self._policy()
+        self.run_record.verify = policy.mode
+        if not policy.active:
+            return
+        try:
+            if not source.SHA_RE.match(revision or ""):
+                raise verify.Unverified(f"checkout at {revision or 'no commit'}: uncommitted "
+                                        f"changes cannot be signed (verify = {policy.mode})")
+            base = state.verified_revision if policy.mode == "strict" else None
+            signature = verify.check(repo, revision, policy, base, self.settings.state_path)
+        except verify.Unverified as exc:
+            self.unverified = True
+            verdict = self._refused([f"signature policy: {exc}"], sticky=True)
+            raise Stop(verdict, logged=True, message=f"revision {revision[:12]} refused: "
+                       f"{exc}") from None
+        self.run_record.signer = str(signature)
+        self.reporter.log(f"signature: {signature} (verify = {policy.mode})")
 
     def _drift_source(self) -> tuple[Path, str]:
         """The applied revision's checkout (fetched again if pruned)."""
@@ -326,7 +398,21 @@ class Cycle:
                            transition=checked)
         return Verdict(RunStatus.NOTHING,
                        f"{self.env}: nothing to do, revision {revision[:12]} already applied "
-                       f"(run {state.applied_run})", transition=checked)
+                       f"(run {state.applied_run}){self._held()}", transition=checked)
+
+    def _held(self) -> str:
+        """What the gate holds back, for a message ('' when nothing is)."""
+        if not (self.target and self.target.waiting):
+            return ""
+        ahead = f"; Git is {plural(self.ahead, 'commit')} ahead" if self.ahead else ""
+        return f"; {self.target.waiting}{ahead}"
+
+    def _waiting(self, tip: str) -> Verdict:
+        """Nothing may be converged yet (promotion: the upstream has nothing clean)."""
+        self.reporter.bind(env=self.env, revision=tip)
+        return Verdict(RunStatus.NOTHING, f"{self.env}: waiting for promotion from "
+                       f"{self.settings.promote_from}: {self.target.waiting}",
+                       transition=Transition.checked(tip, time.time()))
 
     def _fetch_failed(self, state: EnvState, error: str) -> tuple[Path, str]:
         """Git failed: with --force, go on with the last good checkout; else stop."""
@@ -412,7 +498,8 @@ class Cycle:
         if not self.check and not partial and status in CONVERGED:
             verdict.transition = Transition.applied(
                 run.revision, run.id, now, good=status is not RunStatus.FAILED,
-                fetched=self.remote and not self.fetch_error)
+                fetched=self.remote and not self.fetch_error, signer=run.signer,
+                strict=run.verify == "strict")
         if self.mode is Mode.DRIFT and status in (RunStatus.DRIFTED, RunStatus.UNCHANGED):
             verdict.transition = Transition.drift_recorded(
                 run.revision, run.id, now, [h.host for h in host_list if h.outcome == "changed"])
@@ -430,9 +517,10 @@ class Cycle:
     def _finish(self, verdict: Verdict, stop: Stop | None) -> Result:
         """Record the run and its state transition once, then report it."""
         if self.fetch_error:  # --force went past a failed fetch: the state keeps saying so
-            failed = Transition.fetch_failed(self.fetch_error, time.time())
-            verdict.transition = verdict.transition.then(failed) if verdict.transition \
-                else failed
+            self._then(verdict, Transition.fetch_failed(self.fetch_error, time.time()))
+        if self.target:  # what the gate held back, as this cycle found it
+            self._then(verdict, Transition.held(self.target.candidate, self.target.waiting,
+                                                self.ahead))
         if self.run_record:
             self.store.finish_run(self.run_record, verdict)
         elif verdict.transition:
@@ -447,9 +535,17 @@ class Cycle:
             self._retention()
         run = self.run_record
         message = stop.message if stop and stop.message else verdict.message
+        held = self.target or gate.Target(None)
         return Result(verdict.exit_code, verdict.status, message,
                       run.id if run else None, run.revision if run else None,
-                      list(verdict.hosts), fetch_failed=bool(stop and stop.fetch_failed))
+                      list(verdict.hosts), fetch_failed=bool(stop and stop.fetch_failed),
+                      unverified=self.unverified, candidate=held.candidate,
+                      waiting=held.waiting)
+
+    @staticmethod
+    def _then(verdict: Verdict, transition: Transition) -> None:
+        verdict.transition = verdict.transition.then(transition) if verdict.transition \
+            else transition
 
     def _retention(self) -> None:
         for run_id, path in self.store.old_artifacts(self.env, self.settings.keep_runs):

@@ -1,8 +1,10 @@
 """Reading the records: each environment's status, the history of runs, one run in detail;
-and the two changes a person makes by hand, suspend and resume.
+and the changes a person makes by hand: suspend and resume, pin (a rollback) and unpin,
+approve (a promotion by hand).
 
-What ``gitops-ansible status|history|events|suspend|resume`` print and the agent's HTTP
-view serves. Every function takes the state directory (``Settings.state_path``).
+What ``gitops-ansible status|history|events|suspend|resume|rollback|unpin|promote`` print
+and the agent's HTTP view serves. Every function takes the state directory
+(``Settings.state_path``).
 """
 from __future__ import annotations
 
@@ -11,7 +13,13 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from .store import EnvState, Store, Transition
+from .report import plural
+from .store import Action, EnvState, Store, Transition
+
+
+class NotAllowed(Exception):
+    """A change by hand that the records do not allow; the message says why and what
+    would be allowed."""
 
 
 def _store(state_dir: Path) -> Store:
@@ -27,6 +35,15 @@ def short(revision) -> str:
     return revision[:12] if revision else "-"
 
 
+def short_signer(signer) -> str:
+    """A signer for a table: the kind and enough of the key (OpenPGP: the long key id)."""
+    if not signer:
+        return "-"
+    kind, _, rest = signer.partition(" ")
+    key = rest.split(" ", 1)[0]
+    return f"{kind} {key[-16:] if kind == 'openpgp' else key[:19]}"
+
+
 @dataclass(frozen=True)
 class EnvStatus:
     state: EnvState
@@ -37,6 +54,12 @@ class EnvStatus:
         state, notes = self.state, []
         if state.suspended:
             notes.append(f"suspended since {when(state.suspended_at)}: {state.suspended_reason}")
+        if state.pinned:
+            ahead = f"; Git is {plural(state.ahead, 'commit')} ahead" if state.ahead else ""
+            notes.append(f"pinned at {short(state.pinned_revision)} since "
+                         f"{when(state.pinned_at)}: {state.pinned_reason}{ahead}")
+        elif state.waiting_reason:
+            notes.append(f"waiting: {state.waiting_reason}")
         if state.drifted_hosts:
             notes.append(f"drift on {', '.join(state.drifted_hosts)} (run {state.drift_run})")
         if state.refused_revision:
@@ -67,12 +90,16 @@ def status(state_dir: Path, env: str | None = None) -> list[EnvStatus]:
 
 
 def history(state_dir: Path, env: str | None = None, limit: int = 20) -> list[dict]:
-    """The newest runs first, each with ``hosts``: {host: outcome}."""
+    """The newest runs first, each with ``hosts``: {host: outcome}; among them, by time,
+    what people did (``action``: rollback, unpin, approve, with ``reason``)."""
     with closing(_store(state_dir)) as store:
         runs = store.runs(env, limit)
         for run in runs:
             run["hosts"] = {h["host"]: h["outcome"] for h in store.host_results(run["id"])}
-        return runs
+        actions = [{"action": a.pop("kind"), **a} for a in store.actions(env, limit)]
+    merged = sorted(runs + actions, key=lambda item: item.get("started_at", item.get("at")),
+                    reverse=True)
+    return merged[:limit]
 
 
 def run_detail(state_dir: Path, run_id: str) -> dict | None:
@@ -98,3 +125,74 @@ def resume(state_dir: Path, env: str) -> str | None:
         reason = store.env_state(env).suspended_reason
         store.apply(env, Transition.resumed())
         return reason
+
+
+def rollback_target(state_dir: Path, env: str, to: str | None = None,
+                    run_id: str | None = None, verified: bool = False) -> str:
+    """The revision a rollback goes to: one that ``env`` applied with no failed host (by
+    commit id or its start, or by the run that applied it; default: the newest one before
+    the applied revision). ``verified``: it must have passed a signature policy then."""
+    with closing(_store(state_dir)) as store:
+        state = store.env_state(env)
+        clean = [row for row in store.applied_history(env) if row["good"]]
+        if run_id:
+            rows = [row for row in clean if row["run_id"] == run_id]
+            asked = f"run {run_id}"
+        elif to:
+            rows = [row for row in clean if row["revision"].startswith(to.lower())]
+            asked = f"revision {to}"
+        else:
+            rows = [row for row in clean if row["revision"] != state.applied_revision]
+            asked = "an earlier revision"
+    known = ", ".join(dict.fromkeys(short(row["revision"]) for row in clean)) or "none"
+    if not rows:
+        raise NotAllowed(f"{env}: {asked} is not a revision this environment applied with no "
+                         f"failed host (those it did, newest first: {known})")
+    if to and len({row["revision"] for row in rows}) > 1:
+        raise NotAllowed(f"{env}: revision {to} is ambiguous: give more of the commit id")
+    if verified and not rows[0]["signer"]:
+        raise NotAllowed(f"{env}: {short(rows[0]['revision'])} was applied without a verified "
+                         "signature, and the signature policy now asks for one")
+    return rows[0]["revision"]
+
+
+def promotable(state_dir: Path, upstream: str, revision: str) -> str:
+    """The full commit id ``revision`` names: itself when it is one, else the one revision
+    that ``upstream`` applied starting with it."""
+    if len(revision) == 40 and all(c in "0123456789abcdef" for c in revision.lower()):
+        return revision.lower()
+    with closing(_store(state_dir)) as store:
+        found = {row["revision"] for row in store.applied_history(upstream)
+                 if row["revision"].startswith(revision.lower())}
+    if len(found) != 1:
+        raise NotAllowed(f"revision {revision}: expected a full commit id (40 hex digits), or "
+                         f"the start of one that {upstream} applied "
+                         f"({'none matches' if not found else 'several match'})")
+    return found.pop()
+
+
+def pin(state_dir: Path, env: str, revision: str, reason: str) -> EnvState:
+    """Keep ``env`` at ``revision`` (a rollback): pull cycles and the agent converge it and
+    no other, until ``unpin``."""
+    with closing(_store(state_dir)) as store:
+        state = store.env_state(env)
+        store.apply(env, Transition.pinned(revision, reason, time.time()),
+                    Action("rollback", revision, reason, state.applied_revision))
+        return store.env_state(env)
+
+
+def unpin(state_dir: Path, env: str, reason: str | None = None) -> str | None:
+    """Release a pin; returns the revision it held, if any."""
+    with closing(_store(state_dir)) as store:
+        held = store.env_state(env).pinned_revision
+        if held:
+            store.apply(env, Transition.unpinned(), Action("unpin", held, reason))
+        return held
+
+
+def approve(state_dir: Path, env: str, revision: str, reason: str) -> EnvState:
+    """Let ``revision`` past the promotion gate of ``env`` (a hotfix)."""
+    with closing(_store(state_dir)) as store:
+        store.apply(env, Transition.approved(revision, reason, time.time()),
+                    Action("approve", revision, reason))
+        return store.env_state(env)

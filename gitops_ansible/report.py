@@ -187,6 +187,11 @@ class ConsoleReporter(Reporter):
         stream.flush()
 
 
+
+def plural(count: int, word: str) -> str:
+    """``1 commit``, ``2 commits``."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
 def save_traceback(state_dir: Path, name: str, redactor: "Redactor | None" = None) -> str:
     """Write the traceback being handled to STATE_DIR/logs/NAME.traceback (secrets masked);
     return " (details in PATH)" for the user's one line, or "" when it cannot be written."""

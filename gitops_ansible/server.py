@@ -51,6 +51,8 @@ COUNTERS = {  # name: (help, label names)
     "gitops_ansible_webhooks_total": ("Webhook requests by receiver and result",
                                       ("receiver", "result")),
     "gitops_ansible_alerts_total": ("Notifications queued, by kind", ("event",)),
+    "gitops_ansible_unverified_revisions_total": ("Revisions refused by the signature policy",
+                                                  ("env",)),
 }
 GAUGES = {  # name: (help, label names)
     "gitops_ansible_applied_revision_info": ("The revision applied last, per environment",
@@ -58,6 +60,9 @@ GAUGES = {  # name: (help, label names)
     "gitops_ansible_hosts_failed": ("Hosts failed or unreachable in the last converge", ("env",)),
     "gitops_ansible_hosts_drifted": ("Hosts with drift in the last drift check", ("env",)),
     "gitops_ansible_suspended": ("1 while the environment is suspended", ("env",)),
+    "gitops_ansible_pinned": ("1 while the environment is pinned (a rollback)", ("env",)),
+    "gitops_ansible_held": ("1 while a newer revision is held back (a pin, the promotion "
+                            "gate)", ("env",)),
     "gitops_ansible_consecutive_failures": ("Failed cycles in a row", ("env",)),
     "gitops_ansible_backoff_seconds": ("Current retry delay", ("env",)),
     "gitops_ansible_seconds_since_last_success": ("Seconds since the last cycle that succeeded "
@@ -152,6 +157,8 @@ def gauges(state_dir: Path, states, wall: float) -> list[tuple[str, dict, float]
             samples += [("gitops_ansible_hosts_failed", labels, len(failed)),
                         ("gitops_ansible_hosts_drifted", labels, len(env.drifted_hosts)),
                         ("gitops_ansible_suspended", labels, 1 if env.suspended else 0),
+                        ("gitops_ansible_pinned", labels, 1 if env.pinned else 0),
+                        ("gitops_ansible_held", labels, 1 if env.candidate_revision else 0),
                         ("gitops_ansible_consecutive_failures", labels, state.failures),
                         ("gitops_ansible_backoff_seconds", labels, state.backoff)]
             if state.last_success:
@@ -176,7 +183,12 @@ def _source_view(state, env: EnvState, now: float) -> dict:
     return {
         "name": src.name, "env": state.env, "repo": redact_url(src.settings.repo),
         "ref": src.settings.ref, "applied_revision": env.applied_revision,
+        "applied_signer": env.applied_signer, "verify": src.settings.verify,
         "good_revision": env.good_revision, "suspended": env.suspended_reason,
+        "pinned": {"revision": env.pinned_revision, "reason": env.pinned_reason,
+                   "since": env.pinned_at} if env.pinned else None,
+        "promote_from": src.settings.promote_from, "candidate": env.candidate_revision,
+        "waiting": env.waiting_reason, "ahead": env.ahead,
         "drifted_hosts": list(env.drifted_hosts) if env.drift_at else None,
         "drift_run": env.drift_run, "fetch_error": env.fetch_error,
         "failures": state.failures, "backoff_seconds": state.backoff,

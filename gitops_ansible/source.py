@@ -146,22 +146,32 @@ def current(settings) -> tuple[str, Path] | None:
     return (target.name, target) if target.is_dir() else None
 
 
-def fetch(settings, revision: str) -> str:
-    """Fetch the ref into the mirror; return the fetched commit (normally ``revision``)."""
+def mirror_path(settings) -> Path:
+    return env_dir(settings) / "mirror.git"
+
+
+def fetch(settings, revision: str, tags: bool = False) -> str:
+    """Fetch the ref into the mirror; return the fetched commit (normally ``revision``).
+    A commit id the mirror holds already is not fetched again; ``tags``: the remote's tags
+    too (a signature policy that reads them)."""
     import git  # GitPython: only on the path where there is work to do
 
     check_repo(settings.repo)
-    mirror = env_dir(settings) / "mirror.git"
+    mirror = mirror_path(settings)
     if not (mirror / "HEAD").exists():
         mirror.parent.mkdir(parents=True, exist_ok=True)
         git.Repo.init(mirror, bare=True)
+    extra = ["+refs/tags/*:refs/tags/*"] if tags else []
     if SHA_RE.match(settings.ref):
+        if not extra and _has_commit(mirror, settings.ref):
+            return settings.ref
         spec = "+refs/heads/*:refs/remotes/origin/*"
-        _git(["fetch", "--quiet", "--no-tags", "--", settings.repo, spec], settings, cwd=mirror)
+        _git(["fetch", "--quiet", "--no-tags", "--", settings.repo, spec, *extra], settings,
+             cwd=mirror)
         target = settings.ref
     else:
         _git(["fetch", "--quiet", "--no-tags", "--", settings.repo,
-              f"+{settings.ref}:refs/gitops/target"], settings, cwd=mirror)
+              f"+{settings.ref}:refs/gitops/target", *extra], settings, cwd=mirror)
         target = "refs/gitops/target"
     repo = git.Repo(mirror)
     try:
@@ -172,6 +182,24 @@ def fetch(settings, revision: str) -> str:
         # The ref moved between ls-remote and fetch: converge what was fetched.
         return fetched
     return revision
+
+
+def _has_commit(repo: Path, revision: str) -> bool:
+    return subprocess.run(["git", "--git-dir", str(repo), "cat-file", "-e",
+                           f"{revision}^{{commit}}"], capture_output=True).returncode == 0
+
+
+def ahead(settings, base: str, tip: str) -> int | None:
+    """How many commits of ``tip`` are not in ``base`` (the tip is fetched when the mirror
+    lacks it); None when Git cannot tell."""
+    try:
+        if not _has_commit(mirror_path(settings), tip):
+            fetch(settings, tip)
+        count = _git(["rev-list", "--count", f"{base}..{tip}"], settings,
+                     cwd=mirror_path(settings))
+    except (SourceError, OSError):
+        return None
+    return int(count.strip())
 
 
 def export(settings, revision: str) -> Path:
@@ -185,7 +213,7 @@ def export(settings, revision: str) -> Path:
     if dest.is_dir():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    repo = git.Repo(env_dir(settings) / "mirror.git")
+    repo = git.Repo(mirror_path(settings))
     tmp = Path(tempfile.mkdtemp(prefix=f".{revision[:12]}-", dir=dest.parent))
     try:
         with tempfile.TemporaryFile() as archive:

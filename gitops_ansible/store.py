@@ -27,8 +27,9 @@ from pathlib import Path
 
 from .report import ExitCode
 
-# Version 1: the tables below. A store written by a newer release is refused.
-SCHEMA_VERSION = 1
+# Version 2 (this one): the tables below; version 1 had no `applied` and `actions` tables
+# and fewer columns (MIGRATIONS). A store written by a newer release is refused.
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, env TEXT NOT NULL, mode TEXT NOT NULL, trigger TEXT NOT NULL,
@@ -48,13 +49,35 @@ CREATE TABLE IF NOT EXISTS environments (
     good_revision TEXT, good_run TEXT, good_at REAL, checked_revision TEXT, checked_at REAL,
     refused_revision TEXT, refused_run TEXT, refused_message TEXT,
     fetch_error TEXT, fetch_error_at REAL);
+CREATE TABLE IF NOT EXISTS applied (
+    env TEXT NOT NULL, revision TEXT NOT NULL, run_id TEXT, at REAL NOT NULL,
+    good INTEGER NOT NULL, signer TEXT);
+CREATE INDEX IF NOT EXISTS applied_env ON applied (env, at);
+CREATE TABLE IF NOT EXISTS actions (
+    env TEXT NOT NULL, at REAL NOT NULL, kind TEXT NOT NULL, revision TEXT,
+    from_revision TEXT, reason TEXT);
+CREATE INDEX IF NOT EXISTS actions_env ON actions (env, at);
 """
 # Columns added before the schema had a version: (table, column, type), added when missing.
 MIGRATIONS = [
     ("environments", "suspended_reason", "TEXT"), ("environments", "suspended_at", "REAL"),
     ("environments", "drift_revision", "TEXT"), ("environments", "drift_run", "TEXT"),
     ("environments", "drift_at", "REAL"), ("environments", "drifted_hosts", "TEXT"),
+    # version 2: signatures, pins, promotion
+    ("runs", "verify", "TEXT"), ("runs", "signer", "TEXT"),
+    ("environments", "applied_signer", "TEXT"), ("environments", "verified_revision", "TEXT"),
+    ("environments", "pinned_revision", "TEXT"), ("environments", "pinned_reason", "TEXT"),
+    ("environments", "pinned_at", "REAL"), ("environments", "approved_revision", "TEXT"),
+    ("environments", "approved_reason", "TEXT"), ("environments", "approved_at", "REAL"),
+    ("environments", "candidate_revision", "TEXT"), ("environments", "waiting_reason", "TEXT"),
+    ("environments", "ahead", "INTEGER"),
 ]
+# A version 1 store knew only each environment's last good revision: it starts the history
+# of applied revisions (what rollback and promotion read).
+BACKFILL_APPLIED = ("INSERT INTO applied (env, revision, run_id, at, good) SELECT env, "
+                    "good_revision, good_run, good_at, 1 FROM environments WHERE good_revision "
+                    "IS NOT NULL AND NOT EXISTS (SELECT 1 FROM applied WHERE applied.env = "
+                    "environments.env)")
 
 
 class StoreError(Exception):
@@ -142,6 +165,17 @@ class EnvState:
     drift_run: str | None = None
     drift_at: float | None = None
     drifted_hosts: tuple[str, ...] = ()
+    applied_signer: str | None = None     # who signed the applied revision (verify policy)
+    verified_revision: str | None = None  # the last revision applied under verify = strict
+    pinned_revision: str | None = None    # rollback: cycles keep the environment here
+    pinned_reason: str | None = None
+    pinned_at: float | None = None
+    approved_revision: str | None = None  # promote: approved by hand, past the soak
+    approved_reason: str | None = None
+    approved_at: float | None = None
+    candidate_revision: str | None = None  # held back by a pin or the promotion gate
+    waiting_reason: str | None = None      # why the candidate is not applied
+    ahead: int | None = None               # commits of Git's ref beyond the applied revision
 
     @property
     def failing(self) -> bool:
@@ -151,6 +185,10 @@ class EnvState:
     @property
     def suspended(self) -> bool:
         return self.suspended_reason is not None
+
+    @property
+    def pinned(self) -> bool:
+        return self.pinned_revision is not None
 
     def as_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -201,14 +239,18 @@ class Transition:
                                "refused_message": message})
 
     @classmethod
-    def applied(cls, revision: str, run_id: str, at: float, good: bool,
-                fetched: bool) -> "Transition":
+    def applied(cls, revision: str, run_id: str, at: float, good: bool, fetched: bool,
+                signer: str | None = None, strict: bool = False) -> "Transition":
         """A complete converge of ``revision``; ``good`` when no host failed, ``fetched``
-        when it came from the repository (so Git answered)."""
+        when it came from the repository (so Git answered); ``signer`` when the signature
+        policy verified it, ``strict`` when that policy was strict (the next strict range
+        starts here). The store also adds it to the history of applied revisions."""
         changes = {"applied_revision": revision, "applied_run": run_id, "applied_at": at,
                    "refused_revision": None, "refused_run": None, "refused_message": None,
                    "drift_revision": None, "drift_run": None, "drift_at": None,
-                   "drifted_hosts": ()}
+                   "drifted_hosts": (), "applied_signer": signer}
+        if strict:
+            changes["verified_revision"] = revision
         if good:
             changes.update(good_revision=revision, good_run=run_id, good_at=at)
         if fetched:
@@ -229,6 +271,29 @@ class Transition:
     @classmethod
     def resumed(cls) -> "Transition":
         return cls("resumed", {"suspended_reason": None, "suspended_at": None})
+
+    @classmethod
+    def pinned(cls, revision: str, reason: str, at: float) -> "Transition":
+        return cls("pinned", {"pinned_revision": revision, "pinned_reason": reason,
+                              "pinned_at": at})
+
+    @classmethod
+    def unpinned(cls) -> "Transition":
+        return cls("unpinned", {"pinned_revision": None, "pinned_reason": None,
+                                "pinned_at": None})
+
+    @classmethod
+    def approved(cls, revision: str, reason: str, at: float) -> "Transition":
+        return cls("approved", {"approved_revision": revision, "approved_reason": reason,
+                                "approved_at": at})
+
+    @classmethod
+    def held(cls, candidate: str | None, waiting: str | None,
+             ahead: int | None) -> "Transition":
+        """What a pull cycle found held back: the candidate, why it waits, and how many
+        commits Git's ref is ahead of what the environment runs (None: not known)."""
+        return cls("held", {"candidate_revision": candidate, "waiting_reason": waiting,
+                            "ahead": ahead})
 
 
 @dataclass
@@ -269,6 +334,8 @@ class RunRecord:
     ref: str | None = None
     revision: str | None = None
     check_mode: bool = False
+    verify: str | None = None  # the signature policy the revision was checked under
+    signer: str | None = None  # the signature it passed with
     id: str = field(default_factory=lambda: new_run_id())
     started_at: float = field(default_factory=time.time)
 
@@ -285,6 +352,17 @@ class Verdict:
     @property
     def exit_code(self) -> ExitCode:
         return self.status.exit_code
+
+
+@dataclass(frozen=True)
+class Action:
+    """What a person did to an environment, kept in its history: ``kind`` pin (a rollback),
+    unpin or approve (promote), with the reason given."""
+    kind: str
+    revision: str | None
+    reason: str | None
+    from_revision: str | None = None  # a rollback: the revision it went back from
+    at: float = field(default_factory=time.time)
 
 
 def new_run_id() -> str:
@@ -333,6 +411,7 @@ class Store:
         if version < SCHEMA_VERSION:
             self.db.executescript(SCHEMA)
             self._migrate()
+            self.db.execute(BACKFILL_APPLIED)
             self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _migrate(self) -> None:
@@ -359,26 +438,57 @@ class Store:
         return [EnvState.from_row(r["env"], r)
                 for r in self.db.execute("SELECT * FROM environments ORDER BY env")]
 
-    def apply(self, env: str, transition: Transition) -> None:
-        """Write one transition on its own."""
+    def apply(self, env: str, transition: Transition, action: "Action | None" = None) -> None:
+        """Write one transition on its own, with the person's ``action`` that caused it."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self._apply(env, transition)
+            if action:
+                self.db.execute("INSERT INTO actions VALUES (?, ?, ?, ?, ?, ?)",
+                                (env, action.at, action.kind, action.revision,
+                                 action.from_revision, action.reason))
 
     def _apply(self, env: str, transition: Transition) -> None:
         self.db.execute("INSERT OR IGNORE INTO environments (env) VALUES (?)", (env,))
-        names = sorted(transition.changes)
+        changes = transition.changes
+        names = sorted(changes)
         assignments = ", ".join(f"{name} = ?" for name in names)
         self.db.execute(f"UPDATE environments SET {assignments} WHERE env = ?",
-                        (*(_column(n, transition.changes[n]) for n in names), env))
+                        (*(_column(n, changes[n]) for n in names), env))
+        if "applied_revision" in changes:
+            self.db.execute("INSERT INTO applied VALUES (?, ?, ?, ?, ?, ?)",
+                            (env, changes["applied_revision"], changes["applied_run"],
+                             changes["applied_at"], int("good_revision" in changes),
+                             changes.get("applied_signer")))
+
+    def applied_history(self, env: str) -> list[dict]:
+        """Every converge that applied a revision (complete, not partial), newest first:
+        revision, run_id, at, good (no host failed), signer."""
+        return [dict(r) for r in self.db.execute(
+            "SELECT * FROM applied WHERE env = ? ORDER BY at DESC, rowid DESC", (env,))]
+
+    def actions(self, env: str | None = None, limit: int = 20) -> list[dict]:
+        """Pins, unpins, rollbacks and approvals, newest first."""
+        where, args = ("WHERE env = ?", (env,)) if env else ("", ())
+        return [dict(r) for r in self.db.execute(
+            f"SELECT * FROM actions {where} ORDER BY at DESC, rowid DESC LIMIT ?",
+            (*args, limit))]
+
+    def drifted_since(self, env: str, revision: str, since: float) -> bool:
+        """A drift check of ``revision`` found drift after ``since``."""
+        return self.db.execute(
+            "SELECT 1 FROM runs WHERE env = ? AND revision = ? AND mode = 'drift' AND "
+            "status = 'drifted' AND started_at >= ? LIMIT 1", (env, revision, since)
+        ).fetchone() is not None
 
     # -- runs -----------------------------------------------------------------------
     def start_run(self, run: RunRecord, artifacts: str | None = None) -> None:
         self.db.execute(
             "INSERT INTO runs (id, env, mode, trigger, ref, revision, status, check_mode,"
-            " started_at, pid, artifacts) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+            " started_at, pid, artifacts, verify) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?,"
+            " ?, ?)",
             (run.id, run.env, str(run.mode), run.trigger, run.ref, run.revision,
-             int(run.check_mode), run.started_at, os.getpid(), artifacts))
+             int(run.check_mode), run.started_at, os.getpid(), artifacts, run.verify))
         self.db.execute("INSERT OR IGNORE INTO environments (env) VALUES (?)", (run.env,))
 
     def finish_run(self, run: RunRecord, verdict: Verdict) -> None:
@@ -387,9 +497,9 @@ class Store:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute(
                 "UPDATE runs SET status = ?, exit_code = ?, finished_at = ?, message = ?,"
-                " revision = ? WHERE id = ?",
+                " revision = ?, signer = ? WHERE id = ?",
                 (str(verdict.status), int(verdict.exit_code), time.time(), verdict.message,
-                 run.revision, run.id))
+                 run.revision, run.signer, run.id))
             self.db.executemany(
                 "INSERT OR REPLACE INTO host_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(run.id, h.host, h.platform, h.outcome, h.ok, h.changed, h.failed,
