@@ -11,6 +11,8 @@ import time
 import pytest
 
 from tests.conftest import local_estate
+from tests.integration.test_agent import agents  # noqa: F401  (the fixture)
+from tests.integration.test_agent import source as agent_source
 
 pytestmark = pytest.mark.git
 
@@ -227,3 +229,38 @@ def test_promotion_across_lab_hosts_never_carries_a_failed_revision(cli, git_ser
     assert f"{broken[:12]} failed in staging" in held.stdout + held.stderr
     assert "release one" in motd["db-1"].read_text()
     assert status(cli, "prod")["applied_revision"] == first
+
+
+@pytest.mark.agent
+def test_the_agent_keeps_a_rollback_pinned_until_unpin(agents, cli, git_servers,  # noqa: F811
+                                                       tmp_path):
+    estate = local_estate(git_servers, tmp_path, "agent-pin")
+    agent = agents(tmp_path, cli.state_dir, [agent_source(estate, git_servers)])
+    url, address = git_servers.url(estate.name, "git"), f"http://127.0.0.1:{agent.port}"
+    agent.wait_for(lambda: greeting(estate) == "hello world\n", 120, "the first converge")
+    good = estate.revision
+    set_greeting(estate, "bad", "a greeting nobody wants")
+    cli("sync", "dev", "--agent", address, check_code=0)
+    agent.wait_for(lambda: greeting(estate) == "hello bad\n", 120, "the bad converge")
+    agent.wait_for(lambda: agent.status()["last"].get("trigger") == "sync", 30, "its record")
+
+    cli("rollback", "dev", "--reason", "bad greeting", "--repo", url, check_code=2)
+    assert greeting(estate) == "hello world\n"
+    newer = set_greeting(estate, "newer", "a newer greeting")
+    for _ in range(2):  # agent cycles keep the pin, whatever triggers them
+        before = agent.metric("gitops_ansible_cycles_total", env="dev", result="nothing")
+        cli("sync", "dev", "--agent", address, check_code=0)
+        agent.wait_for(lambda: agent.metric("gitops_ansible_cycles_total", env="dev",
+                                            result="nothing") > before, 60, "a held cycle")
+    assert greeting(estate) == "hello world\n"
+    view = agent.status()
+    assert view["pinned"]["revision"] == good and view["pinned"]["reason"] == "bad greeting"
+    assert (view["applied_revision"], view["candidate"], view["ahead"]) == (good, newer, 2)
+    assert agent.metric("gitops_ansible_pinned", env="dev") == 1
+    assert agent.metric("gitops_ansible_held", env="dev") == 1
+
+    cli("unpin", "dev", check_code=0)
+    cli("sync", "dev", "--agent", address, check_code=0)
+    agent.wait_for(lambda: greeting(estate) == "hello newer\n", 120, "the newest after unpin")
+    agent.wait_for(lambda: agent.status()["candidate"] is None, 30, "the record")
+    assert agent.metric("gitops_ansible_pinned", env="dev") == 0
