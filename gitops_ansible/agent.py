@@ -265,9 +265,11 @@ class Agent:
             self.metrics.inc("gitops_ansible_source_fetch_failures_total", env=env)
         if result.unverified:
             self.metrics.inc("gitops_ansible_unverified_revisions_total", env=env)
-        if posted:
-            self.notifier.commit_status(src.commit_status, env, posted[-1],
-                                        *ended_status(env, result))
+        # An unverified revision never started converging (no pending), but its commit
+        # says it was refused.
+        ended = posted[-1] if posted else result.revision if result.unverified else None
+        if ended:
+            self.notifier.commit_status(src.commit_status, env, ended, *ended_status(env, result))
         state.told, held = held_status(env, state.told, result, src.settings.promote_from)
         if held:
             self.notifier.commit_status(src.commit_status, env, result.candidate, *held)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
 import os
 import random
 import threading
@@ -138,7 +139,7 @@ def cycle(settings, mode: Mode | str, reporter: Reporter | None = None,
     ``reporter`` receives the cycle's events (a silent one when not given); ``trigger`` is
     recorded with the run (schedule, manual, ci, webhook:..., sync, drift, heal; default
     manual); ``on_start`` is called with the ``RunRecord`` when a changing run of a known
-    revision starts.
+    revision starts, once its revision has passed the signature policy.
     """
     mode = Mode(mode)
     reporter = reporter or Reporter()
@@ -227,6 +228,7 @@ class Cycle:
         self.converged = False               # Ansible ran (or every host was excluded)
         self.redactor = Redactor()
         self.target: gate.Target | None = None  # pull mode: what the gate lets through
+        self.revision: str | None = None        # the revision looked at, even with no run
         self.ahead: int | None = None           # commits of the ref beyond the target
         self.unverified = False
 
@@ -288,6 +290,7 @@ class Cycle:
             self.target = gate.target(state, tip, self.store, self.settings, time.time())
             revision = self.target.revision
             self.ahead = self._ahead(state, tip)
+        self.revision = revision
         if revision is None:
             raise Stop(self._waiting(tip))
         decision = plan_mod.decide(state, revision, self.settings.force, self.check)
@@ -300,7 +303,7 @@ class Cycle:
         fetching = self.settings if revision == tip else dataclasses.replace(
             self.settings, ref=revision)
         try:
-            tags = self._policy().mode in ("tag", "tag-and-head")
+            tags = self.policy.mode in ("tag", "tag-and-head")
             revision = source.fetch(fetching, revision, tags=tags)
         except (source.SourceError, OSError) as exc:
             return self._fetch_failed(state, str(exc))
@@ -320,7 +323,9 @@ class Cycle:
             return state.ahead
         return source.ahead(self.settings, runs, tip)
 
-    def _policy(self):
+    @functools.cached_property
+    def policy(self):
+        """The source's signature policy (its key files checked once per cycle)."""
         from . import verify
         return verify.Policy.of(self.settings)
 
@@ -330,7 +335,7 @@ class Cycle:
         policy."""
         from . import verify
 
-        policy = self._policy()
+        policy = self.policy
         self.run_record.verify = policy.mode
         if not policy.active:
             return
@@ -375,8 +380,6 @@ class Cycle:
                                         ref=self.settings.ref if self.remote else None,
                                         revision=revision, check_mode=self.check)
             self.store.start_run(self.run_record, str(self._artifacts()))
-            if self.on_start and revision and not self.check:
-                self.on_start(self.run_record)
         self.run_record.revision = revision
         self.reporter.bind(run_id=self.run_record.id, env=self.env, revision=revision)
 
@@ -435,6 +438,8 @@ class Cycle:
         from . import inventory as inventory_mod  # YAML and Ansible: only when there is work
         from . import requirements
 
+        if self.on_start and revision and not self.check:  # past the signature policy
+            self.on_start(self.run_record)
         try:  # the collections and roles first: validation looks for what is installed
             paths = requirements.install(checkout, self.settings, self.reporter.log,
                                          self.run_record.id)
@@ -537,7 +542,7 @@ class Cycle:
         message = stop.message if stop and stop.message else verdict.message
         held = self.target or gate.Target(None)
         return Result(verdict.exit_code, verdict.status, message,
-                      run.id if run else None, run.revision if run else None,
+                      run.id if run else None, run.revision if run else self.revision,
                       list(verdict.hosts), fetch_failed=bool(stop and stop.fetch_failed),
                       unverified=self.unverified, candidate=held.candidate,
                       waiting=held.waiting)

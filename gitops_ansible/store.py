@@ -485,10 +485,9 @@ class Store:
     def start_run(self, run: RunRecord, artifacts: str | None = None) -> None:
         self.db.execute(
             "INSERT INTO runs (id, env, mode, trigger, ref, revision, status, check_mode,"
-            " started_at, pid, artifacts, verify) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?,"
-            " ?, ?)",
+            " started_at, pid, artifacts) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
             (run.id, run.env, str(run.mode), run.trigger, run.ref, run.revision,
-             int(run.check_mode), run.started_at, os.getpid(), artifacts, run.verify))
+             int(run.check_mode), run.started_at, os.getpid(), artifacts))
         self.db.execute("INSERT OR IGNORE INTO environments (env) VALUES (?)", (run.env,))
 
     def finish_run(self, run: RunRecord, verdict: Verdict) -> None:
@@ -497,9 +496,9 @@ class Store:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute(
                 "UPDATE runs SET status = ?, exit_code = ?, finished_at = ?, message = ?,"
-                " revision = ?, signer = ? WHERE id = ?",
+                " revision = ?, verify = ?, signer = ? WHERE id = ?",
                 (str(verdict.status), int(verdict.exit_code), time.time(), verdict.message,
-                 run.revision, run.signer, run.id))
+                 run.revision, run.verify, run.signer, run.id))
             self.db.executemany(
                 "INSERT OR REPLACE INTO host_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(run.id, h.host, h.platform, h.outcome, h.ok, h.changed, h.failed,

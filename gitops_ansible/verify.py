@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .problems import text_lines
+from .report import plural
 
 MODES = ("none", "head", "tag", "tag-and-head", "strict")
 SEAL_TRAILER = "GitOps-Seal"
@@ -319,7 +320,8 @@ def _strict(git: _Git, revision: str, base: str | None) -> Signature:
         where = ("the new revision" if sha == tip.sha else
                  f"between base {base[:12]} and the new revision {tip.sha[:12]}" if base else
                  f"in the history of the new revision {tip.sha[:12]}, no base")
-        more = f"; {len(problems) - 1} more commits in the range fail too" if problems[1:] else ""
+        more = (f"; {plural(len(problems) - 1, 'more commit')} in the range "
+                f"{'fails' if len(problems) == 2 else 'fail'} too" if problems[1:] else "")
         raise git.refused(f"commit {sha[:12]} ({where}): {what}{more}")
     return tip.found.signature()
 

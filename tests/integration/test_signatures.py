@@ -215,8 +215,8 @@ def test_strict_adopted_late_starts_at_a_seal(cli, estate, git_servers, keys, tm
                 "--seal-trailer", "Signing-Starts")
     unsigned = commit(estate, keys, None, "more unsigned history", greet="unsigned")
     message = refused(cli, args, unsigned, "strict", None)
-    assert (f"commit {unsigned[:12]} (the new revision): unsigned; 1 more commits in the "
-            f"range fail too (verify = strict)") in message
+    assert (f"commit {unsigned[:12]} (the new revision): unsigned; 1 more commit in the "
+            f"range fails too (verify = strict)") in message
     other = commit(estate, keys, keys.alice_ssh, "a seal by another name", "GitOps-Seal: adopt")
     message = refused(cli, args, other, "strict", None)
     assert f"commit {unsigned[:12]} (in the history of the new revision {other[:12]}, no " \
@@ -289,7 +289,8 @@ def test_agent_refuses_an_unsigned_commit_once(agents, cli, estate, git_servers,
         posted = [r["json"] for r in api.on(f"/api/repos/org/estate/statuses/{unsigned}")]
         assert posted and posted[-1]["state"] == "failure", posted
         assert "refused" in posted[-1]["description"]
-        assert not any(r["state"] == "success" for r in posted)
+        # never "converging" on the attacker's commit: one failure, nothing before it
+        assert [r["state"] for r in posted] == ["failure"], posted
     assert greeting(estate) == "hello signed\n"
     state = status(cli)
     assert state["applied_revision"] == good and state["refused_revision"] == unsigned
