@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from lab.recorder import Recorder
 from tests.conftest import local_estate
 from tests.integration.test_agent import agents  # noqa: F401  (the fixture)
 from tests.integration.test_agent import source as agent_source
@@ -235,32 +236,41 @@ def test_promotion_across_lab_hosts_never_carries_a_failed_revision(cli, git_ser
 def test_the_agent_keeps_a_rollback_pinned_until_unpin(agents, cli, git_servers,  # noqa: F811
                                                        tmp_path):
     estate = local_estate(git_servers, tmp_path, "agent-pin")
-    agent = agents(tmp_path, cli.state_dir, [agent_source(estate, git_servers)])
-    url, address = git_servers.url(estate.name, "git"), f"http://127.0.0.1:{agent.port}"
-    agent.wait_for(lambda: greeting(estate) == "hello world\n", 120, "the first converge")
-    good = estate.revision
-    set_greeting(estate, "bad", "a greeting nobody wants")
-    cli("sync", "dev", "--agent", address, check_code=0)
-    agent.wait_for(lambda: greeting(estate) == "hello bad\n", 120, "the bad converge")
-    agent.wait_for(lambda: agent.status()["last"].get("trigger") == "sync", 30, "its record")
-
-    cli("rollback", "dev", "--reason", "bad greeting", "--repo", url, check_code=2)
-    assert greeting(estate) == "hello world\n"
-    newer = set_greeting(estate, "newer", "a newer greeting")
-    for _ in range(2):  # agent cycles keep the pin, whatever triggers them
-        before = agent.metric("gitops_ansible_cycles_total", env="dev", result="nothing")
+    token = tmp_path / "github-token"
+    token.write_text("ghp-test\n")
+    with Recorder() as api:
+        status_api = {"kind": "github", "repository": "org/estate", "token_file": str(token),
+                      "api_url": api.url("/api")}
+        agent = agents(tmp_path, cli.state_dir,
+                       [agent_source(estate, git_servers, commit_status=status_api)])
+        url, address = git_servers.url(estate.name, "git"), f"http://127.0.0.1:{agent.port}"
+        agent.wait_for(lambda: greeting(estate) == "hello world\n", 120, "the first converge")
+        good = estate.revision
+        set_greeting(estate, "bad", "a greeting nobody wants")
         cli("sync", "dev", "--agent", address, check_code=0)
-        agent.wait_for(lambda: agent.metric("gitops_ansible_cycles_total", env="dev",
-                                            result="nothing") > before, 60, "a held cycle")
-    assert greeting(estate) == "hello world\n"
-    view = agent.status()
-    assert view["pinned"]["revision"] == good and view["pinned"]["reason"] == "bad greeting"
-    assert (view["applied_revision"], view["candidate"], view["ahead"]) == (good, newer, 2)
-    assert agent.metric("gitops_ansible_pinned", env="dev") == 1
-    assert agent.metric("gitops_ansible_held", env="dev") == 1
+        agent.wait_for(lambda: greeting(estate) == "hello bad\n", 120, "the bad converge")
+        agent.wait_for(lambda: agent.status()["last"].get("trigger") == "sync", 30, "its record")
 
-    cli("unpin", "dev", check_code=0)
-    cli("sync", "dev", "--agent", address, check_code=0)
-    agent.wait_for(lambda: greeting(estate) == "hello newer\n", 120, "the newest after unpin")
-    agent.wait_for(lambda: agent.status()["candidate"] is None, 30, "the record")
-    assert agent.metric("gitops_ansible_pinned", env="dev") == 0
+        cli("rollback", "dev", "--reason", "bad greeting", "--repo", url, check_code=2)
+        assert greeting(estate) == "hello world\n"
+        newer = set_greeting(estate, "newer", "a newer greeting")
+        for _ in range(2):  # agent cycles keep the pin, whatever triggers them
+            before = agent.metric("gitops_ansible_cycles_total", env="dev", result="nothing")
+            cli("sync", "dev", "--agent", address, check_code=0)
+            agent.wait_for(lambda: agent.metric("gitops_ansible_cycles_total", env="dev",
+                                                result="nothing") > before, 60, "a held cycle")
+        assert greeting(estate) == "hello world\n"
+        view = agent.status()
+        assert view["pinned"]["revision"] == good and view["pinned"]["reason"] == "bad greeting"
+        assert (view["applied_revision"], view["candidate"], view["ahead"]) == (good, newer, 2)
+        assert agent.metric("gitops_ansible_pinned", env="dev") == 1
+        assert agent.metric("gitops_ansible_held", env="dev") == 1
+        held = [r["json"] for r in api.on(f"/api/repos/org/estate/statuses/{newer}")]
+        assert [r["state"] for r in held] == ["pending"], held  # once, for two held cycles
+        assert held[0]["description"].startswith(f"dev: pinned at {good[:12]}")
+
+        cli("unpin", "dev", check_code=0)
+        cli("sync", "dev", "--agent", address, check_code=0)
+        agent.wait_for(lambda: greeting(estate) == "hello newer\n", 120, "the newest after unpin")
+        agent.wait_for(lambda: agent.status()["candidate"] is None, 30, "the record")
+        assert agent.metric("gitops_ansible_pinned", env="dev") == 0

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gitops_ansible import config, schedule, webhooks
 from gitops_ansible.agent import TICK, Agent, SourceState, sleep_for, take_job
-from gitops_ansible.alerts import AlertState, ended_status, started_status
+from gitops_ansible.alerts import AlertState, ended_status, held_status, started_status
 from gitops_ansible.reconcile import Result
 from gitops_ansible.report import ExitCode
 from gitops_ansible.records import suspend
@@ -207,6 +207,21 @@ def test_commit_status_of_a_run():
     assert ended_status("prod", result(RunStatus.CHANGED, message="2 hosts")) == \
         ("success", "prod: changed: 2 hosts")
     assert ended_status("prod", result(RunStatus.REFUSED))[0] == "failure"
+
+
+def test_a_held_candidate_gets_one_pending_status_saying_why():
+    waiting = Result(ExitCode.NOTHING, RunStatus.NOTHING, "-", candidate="c" * 40,
+                     waiting="cccccccccccc soaks in staging until 14:30:00 (soak 1800s)")
+    told, posted = held_status("prod", AlertState(), waiting, "staging")
+    assert posted == ("pending", "prod: waiting for promotion from staging: cccccccccccc "
+                                 "soaks in staging until 14:30:00 (soak 1800s)")
+    assert held_status("prod", told, waiting, "staging") == (told, None)
+    pinned = Result(ExitCode.NOTHING, RunStatus.NOTHING, "-", candidate="d" * 40,
+                    waiting="pinned at aaaaaaaaaaaa since 2026-12-01 10:00:00: bad release")
+    assert held_status("prod", told, pinned, "staging")[1] == (
+        "pending", "prod: pinned at aaaaaaaaaaaa since 2026-12-01 10:00:00: bad release")
+    nothing_held = Result(ExitCode.NOTHING, RunStatus.NOTHING, "-")
+    assert held_status("prod", told, nothing_held, None) == (told, None)
 
 
 # -- the scheduler's choices -------------------------------------------------------------------

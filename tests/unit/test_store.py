@@ -1,10 +1,13 @@
 """The run store: a killed run is marked interrupted; results land in one transaction."""
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 
 from gitops_ansible.report import ExitCode
-from gitops_ansible.store import (HostResult, Mode, RunRecord, RunStatus, Store, TaskResult,
-                                  Transition, Verdict)
+from gitops_ansible.store import (SCHEMA_VERSION, HostResult, Mode, RunRecord, RunStatus, Store,
+                                  TaskResult, Transition, Verdict)
+from tests.conftest import CASES
 
 
 def test_run_lifecycle_and_env_state(tmp_path):
@@ -36,3 +39,24 @@ def test_killed_process_leaves_running_row_marked_interrupted(tmp_path):
     run = store.runs("dev")[0]
     assert run["status"] == "interrupted" and run["finished_at"]
     assert store.env_state("dev").applied_revision is None
+
+
+def test_a_version_1_store_is_upgraded_in_place_and_keeps_its_records(tmp_path):
+    path = tmp_path / "runs.db"
+    old = sqlite3.connect(path)
+    old.executescript((CASES / "store_v1.sql").read_text())
+    old.close()
+    with closing(Store(path)) as store:
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        state = store.env_state("prod")
+        assert state.applied_revision == state.good_revision == "a" * 40
+        assert state.pinned_revision is None and state.applied_signer is None
+        [run] = store.runs("prod")
+        assert run["status"] == "changed" and run["signer"] is None and run["verify"] is None
+        # the last good revision starts the history of applied ones (rollback, promotion)
+        [row] = store.applied_history("prod")
+        assert (row["revision"], row["run_id"], row["good"]) == ("a" * 40, run["id"], 1)
+        store.apply("prod", Transition.pinned("a" * 40, "hold", 2000.0))
+    with closing(Store(path)) as again:  # opening once more changes nothing
+        assert len(again.applied_history("prod")) == 1
+        assert again.env_state("prod").pinned_reason == "hold"
