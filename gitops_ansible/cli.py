@@ -313,7 +313,7 @@ def cmd_history(args, settings) -> int:
             done = {"rollback": "pinned", "unpin": "unpinned", "approve": "approved"}
             rows.append((time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(run["at"])), run["env"],
                          run["action"], "manual", short(run["revision"]),
-                         done[run["action"]], "-", "-", "-", f"reason: {run['reason'] or '-'}"))
+                         done[run["action"]], "-", "-", "-", _why(run)))
             continue
         took = f"{run['finished_at'] - run['started_at']:.1f}s" if run["finished_at"] else "-"
         hosts = " ".join(f"{h}:{o}" for h, o in run["hosts"].items()) or "-"
@@ -434,10 +434,17 @@ def cmd_resume(args, settings) -> int:
 
 
 def _for_env(args, settings):
-    """The settings of ``rollback ENV`` and ``promote ENV``: a pull cycle of ENV."""
-    settings = dataclasses.replace(settings, env=args.target_env)
+    """The settings of ``rollback ENV`` and ``promote ENV``: a pull cycle of ENV that
+    converges now (forced: an earlier refusal of the revision is checked again)."""
+    settings = dataclasses.replace(settings, env=args.target_env, force=True)
     settings.require("repo")
     return settings
+
+
+def _why(action: dict) -> str:
+    """An action's reason, and the revision a rollback went back from."""
+    back = f" (back from {short(action['from_revision'])})" if action["from_revision"] else ""
+    return f"reason: {action['reason'] or '-'}{back}"
 
 
 def cmd_rollback(args, settings) -> int:
@@ -465,9 +472,11 @@ def cmd_promote(args, settings) -> int:
         return fail(f"promote: {settings.env} does not follow another environment (set "
                     "promote_from); `run` converges the newest revision", ExitCode.REFUSED)
     revision = records.promotable(settings.state_path, settings.promote_from, args.revision)
-    records.approve(settings.state_path, settings.env, revision, args.reason)
+    state = records.approve(settings.state_path, settings.env, revision, args.reason)
+    pinned = (f"; {settings.env} is pinned at {short(state.pinned_revision)}, and the pin "
+              "wins until `unpin`" if state.pinned else "; converging it")
     print(f"{settings.env}: {short(revision)} approved past the promotion gate "
-          f"({args.reason}); converging it")
+          f"({args.reason}){pinned}")
     return cmd_cycle(args, settings, "promote")
 
 

@@ -394,6 +394,16 @@ def _table(data: dict, schema: dict, where: str) -> dict:
     return values
 
 
+def _check_source(settings: Settings) -> None:
+    """The signature policy's keys can be read and the promotion gate names another
+    environment (a ``ConfigError`` otherwise)."""
+    from . import gate
+    from .verify import Policy
+
+    Policy.of(settings)
+    gate.check(settings)
+
+
 def _source(path: str, index: int, table: dict, shared: dict, environ,
             servers: tuple[GalaxyServer, ...]) -> Source:
     from .schedule import ScheduleError, parse_window
@@ -513,5 +523,7 @@ def load_agent(path: str, flags: dict | None = None, environ=None) -> AgentConfi
         raise ConfigError(str(path), "notify", "a list of tables ([[notify]] with kind, url or "
                                                "url_file, events)", raw_notify)
     notify = [_notify(str(path), i, raw) for i, raw in enumerate(raw_notify)]
+    for src in sources:  # a source whose policy or gate cannot work refuses the file
+        _check_source(src.settings)
     return AgentConfig(str(path), agent, sources, notify, json=sources[0].settings.json,
                        state_dir=sources[0].settings.state_path)

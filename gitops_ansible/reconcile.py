@@ -228,6 +228,7 @@ class Cycle:
         self.converged = False               # Ansible ran (or every host was excluded)
         self.redactor = Redactor()
         self.target: gate.Target | None = None  # pull mode: what the gate lets through
+        self.tip: str | None = None             # what Git's ref pointed to
         self.revision: str | None = None        # the revision looked at, even with no run
         self.ahead: int | None = None           # commits of the ref beyond the target
         self.unverified = False
@@ -251,6 +252,9 @@ class Cycle:
         return self._finish(verdict, stop)
 
     def _steps(self) -> Verdict:
+        if self.mode is not Mode.DRIFT:  # settings that cannot work: refused before a run
+            gate.check(self.settings)
+            self.policy  # noqa: B018 (reads and checks the key files)
         if self.mode is Mode.DRIFT:
             checkout, revision = self._drift_source()
         elif self.remote:
@@ -265,18 +269,27 @@ class Cycle:
             self.reporter.log(f"{self.env}: {self._doing()} {checkout} at "
                               f"{(revision or 'no commit')[:12]}, run {self.run_record.id}")
             if self.mode is Mode.PUSH:
-                self._push_allowed(checkout, revision)
+                checkout = self._push_allowed(checkout, revision)
         return self._converge(checkout, revision)
 
-    def _push_allowed(self, checkout: Path, revision: str) -> None:
+    def _push_allowed(self, checkout: Path, revision: str) -> Path:
         """Push converges what a pull cycle would: a pin and the promotion gate hold, and
-        the checkout's commit passes the signature policy."""
+        the checkout's commit passes the signature policy; then that commit's tree is what
+        runs (returned), not the working tree."""
         state = self.store.env_state(self.env)
         why = gate.allows(state, revision, self.store, self.settings, time.time())
         if why:
             verdict = self._refused([why], sticky=False)
             raise Stop(verdict, logged=True, message=f"push refused: {why}")
-        self._verify(checkout, revision, state)
+        gated = bool(state.pinned_revision or self.settings.promote_from)  # allowed above
+        self._verify(checkout, revision, state, behind=gated)
+        if not self.policy.active:
+            return checkout
+        password = self.settings.vault_password_file  # the CI's own file, beside the tree
+        if password and not Path(password).expanduser().is_absolute():
+            self.settings = dataclasses.replace(self.settings,
+                                                vault_password_file=str(checkout / password))
+        return source.export_commit(self.settings, checkout, revision)
 
     # -- source ---------------------------------------------------------------------
     def _pull_source(self) -> tuple[Path, str]:
@@ -285,11 +298,12 @@ class Cycle:
             tip = source.resolve(self.settings)
         except source.SourceError as exc:
             return self._fetch_failed(state, str(exc))
-        revision = tip
+        revision, self.tip = tip, tip
         if self.mode is Mode.PULL:  # plan --repo plans the ref it is given
             self.target = gate.target(state, tip, self.store, self.settings, time.time())
             revision = self.target.revision
             self.ahead = self._ahead(state, tip)
+        gated = bool(self.target and self.target.why)  # a pin or the promotion gate
         self.revision = revision
         if revision is None:
             raise Stop(self._waiting(tip))
@@ -300,14 +314,19 @@ class Cycle:
         why = f"; {self.target.why}" if self.target and self.target.why else ""
         self.reporter.log(f"{self.env}: {self._doing()} {revision[:12]} ({decision.reason}"
                           f"{why}), run {self.run_record.id}")
-        fetching = self.settings if revision == tip else dataclasses.replace(
-            self.settings, ref=revision)
+        # The gate's revision is fetched by its id: a push to the ref meanwhile cannot
+        # replace it. The ref's tip may have moved: what was fetched is converged.
+        fetching = dataclasses.replace(self.settings, ref=revision) if gated else self.settings
         try:
             tags = self.policy.mode in ("tag", "tag-and-head")
-            revision = source.fetch(fetching, revision, tags=tags)
+            fetched = source.fetch(fetching, revision, tags=tags)
         except (source.SourceError, OSError) as exc:
             return self._fetch_failed(state, str(exc))
-        self._verify(source.mirror_path(self.settings), revision, state)
+        if fetched != revision:
+            self.reporter.log(f"the ref moved since ls-remote: converging {fetched[:12]}")
+            self._start(fetched)
+            revision = self.revision = fetched
+        self._verify(source.mirror_path(self.settings), revision, state, behind=gated)
         try:
             return source.export(self.settings, revision), revision
         except (source.SourceError, OSError) as exc:
@@ -325,14 +344,20 @@ class Cycle:
 
     @functools.cached_property
     def policy(self):
-        """The source's signature policy (its key files checked once per cycle)."""
+        """The source's signature policy (its key files checked, its keyring built, once
+        per cycle)."""
         from . import verify
-        return verify.Policy.of(self.settings)
+        policy = verify.Policy.of(self.settings)
+        policy.prepare(self.settings.state_path,
+                       self.settings.sources.get("trusted_gpg_keys", "settings"))
+        return policy
 
-    def _verify(self, repo: Path, revision: str, state: EnvState) -> None:
+    def _verify(self, repo: Path, revision: str, state: EnvState, behind: bool) -> None:
         """The signature policy, on the fetched objects (or the push checkout) before
         anything is exported or run; a refusal names the commit, the signer and the
-        policy."""
+        policy. Under ``strict``, a revision behind the last verified one is a rollback:
+        only a pin, the promotion gate or the last good revision (``behind``) may go
+        there, not a force-push."""
         from . import verify
 
         policy = self.policy
@@ -344,6 +369,12 @@ class Cycle:
                 raise verify.Unverified(f"checkout at {revision or 'no commit'}: uncommitted "
                                         f"changes cannot be signed (verify = {policy.mode})")
             base = state.verified_revision if policy.mode == "strict" else None
+            if base and not behind and revision != base and source.is_ancestor(
+                    repo, revision, base):
+                raise verify.Unverified(
+                    f"commit {revision[:12]} is behind the last verified revision {base[:12]} "
+                    f"(a force-push back?); `gitops-ansible rollback` goes back (verify = "
+                    f"{policy.mode})")
             signature = verify.check(repo, revision, policy, base, self.settings.state_path)
         except verify.Unverified as exc:
             self.unverified = True
@@ -418,15 +449,20 @@ class Cycle:
                        transition=Transition.checked(tip, time.time()))
 
     def _fetch_failed(self, state: EnvState, error: str) -> tuple[Path, str]:
-        """Git failed: with --force, go on with the last good checkout; else stop."""
+        """Git failed: with --force, go on with the last good checkout (the pinned one,
+        when pinned), verified again; else stop."""
         good = state.good_revision
-        fallback = source.checkout_path(self.settings, good) if good else None
+        back = state.pinned_revision or good
+        fallback = source.checkout_path(self.settings, back) if back else None
         if self.settings.force and fallback and fallback.is_dir():
-            self.reporter.log(f"fetch failed ({error}); --force: converging the last good "
-                              f"revision {good[:12]}", "warning")
+            which = "pinned" if state.pinned_revision else "last good"
+            self.reporter.log(f"fetch failed ({error}); --force: converging the {which} "
+                              f"revision {back[:12]}", "warning")
             self.fetch_error = error
-            self._start(good)
-            return fallback, good
+            self._start(back)
+            self.revision = back
+            self._verify(source.mirror_path(self.settings), back, state, behind=True)
+            return fallback, back
         self._start(self.run_record.revision if self.run_record else None)
         kept = f"; the last good revision {good[:12]} stays in use" if good else ""
         raise Stop(Verdict(RunStatus.ERROR, f"fetch failed: {error}{kept}",
@@ -525,7 +561,7 @@ class Cycle:
             self._then(verdict, Transition.fetch_failed(self.fetch_error, time.time()))
         if self.target:  # what the gate held back, as this cycle found it
             self._then(verdict, Transition.held(self.target.candidate, self.target.waiting,
-                                                self.ahead))
+                                                self.ahead, self.tip))
         if self.run_record:
             self.store.finish_run(self.run_record, verdict)
         elif verdict.transition:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .report import plural
+from .source import SHA_RE
 from .store import Action, EnvState, Store, Transition
 
 
@@ -150,7 +151,7 @@ def rollback_target(state_dir: Path, env: str, to: str | None = None,
                          f"failed host (those it did, newest first: {known})")
     if to and len({row["revision"] for row in rows}) > 1:
         raise NotAllowed(f"{env}: revision {to} is ambiguous: give more of the commit id")
-    if verified and not rows[0]["signer"]:
+    if verified and not any(row["signer"] for row in rows):
         raise NotAllowed(f"{env}: {short(rows[0]['revision'])} was applied without a verified "
                          "signature, and the signature policy now asks for one")
     return rows[0]["revision"]
@@ -159,7 +160,7 @@ def rollback_target(state_dir: Path, env: str, to: str | None = None,
 def promotable(state_dir: Path, upstream: str, revision: str) -> str:
     """The full commit id ``revision`` names: itself when it is one, else the one revision
     that ``upstream`` applied starting with it."""
-    if len(revision) == 40 and all(c in "0123456789abcdef" for c in revision.lower()):
+    if SHA_RE.match(revision.lower()):
         return revision.lower()
     with closing(_store(state_dir)) as store:
         found = {row["revision"] for row in store.applied_history(upstream)

@@ -189,6 +189,12 @@ def _has_commit(repo: Path, revision: str) -> bool:
                            f"{revision}^{{commit}}"], capture_output=True).returncode == 0
 
 
+def is_ancestor(repo: Path, older: str, newer: str) -> bool:
+    """``older`` is in the history of ``newer`` in ``repo`` (a mirror or a work tree)."""
+    return subprocess.run(["git", "-C", str(repo), "merge-base", "--is-ancestor", older,
+                           newer], capture_output=True).returncode == 0
+
+
 def ahead(settings, base: str, tip: str) -> int | None:
     """How many commits of ``tip`` are not in ``base`` (the tip is fetched when the mirror
     lacks it); None when Git cannot tell."""
@@ -204,16 +210,31 @@ def ahead(settings, base: str, tip: str) -> int | None:
 
 def export(settings, revision: str) -> Path:
     """An exported tree of ``revision`` under checkouts/ (reused when it exists)."""
+    return _archive(mirror_path(settings), revision, checkout_path(settings, revision))
+
+
+def export_commit(settings, repo: Path, revision: str) -> Path:
+    """Push under a signature policy: the tree of the verified commit of the checkout at
+    ``repo``, exported to WORKDIR/ENV/push/SHA (only the newest is kept), so that what
+    runs is what was signed, not files git does not track."""
+    base = env_dir(settings) / "push"
+    if base.is_dir():
+        for old in base.iterdir():
+            if old.name != revision:
+                shutil.rmtree(old, ignore_errors=True)
+    return _archive(repo, revision, base / revision)
+
+
+def _archive(repo: Path, revision: str, dest: Path) -> Path:
     import tarfile
     import tempfile
 
     import git
 
-    dest = checkout_path(settings, revision)
     if dest.is_dir():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    repo = git.Repo(mirror_path(settings))
+    repo = git.Repo(repo)
     tmp = Path(tempfile.mkdtemp(prefix=f".{revision[:12]}-", dir=dest.parent))
     try:
         with tempfile.TemporaryFile() as archive:

@@ -72,12 +72,13 @@ MIGRATIONS = [
     ("environments", "candidate_revision", "TEXT"), ("environments", "waiting_reason", "TEXT"),
     ("environments", "ahead", "INTEGER"),
 ]
-# A version 1 store knew only each environment's last good revision: it starts the history
-# of applied revisions (what rollback and promotion read).
+# A version 1 store's converging runs start the history of applied revisions (what
+# rollback and promotion read); it did not record which runs were partial (--limit, --tags).
 BACKFILL_APPLIED = ("INSERT INTO applied (env, revision, run_id, at, good) SELECT env, "
-                    "good_revision, good_run, good_at, 1 FROM environments WHERE good_revision "
-                    "IS NOT NULL AND NOT EXISTS (SELECT 1 FROM applied WHERE applied.env = "
-                    "environments.env)")
+                    "revision, id, finished_at, status != 'failed' FROM runs WHERE check_mode = 0"
+                    " AND mode IN ('pull', 'push') AND status IN ('changed', 'unchanged', "
+                    "'failed') AND revision IS NOT NULL AND finished_at IS NOT NULL AND NOT "
+                    "EXISTS (SELECT 1 FROM applied WHERE applied.env = runs.env)")
 
 
 class StoreError(Exception):
@@ -288,12 +289,13 @@ class Transition:
                                 "approved_at": at})
 
     @classmethod
-    def held(cls, candidate: str | None, waiting: str | None,
-             ahead: int | None) -> "Transition":
+    def held(cls, candidate: str | None, waiting: str | None, ahead: int | None,
+             tip: str) -> "Transition":
         """What a pull cycle found held back: the candidate, why it waits, and how many
-        commits Git's ref is ahead of what the environment runs (None: not known)."""
+        commits Git's ref (at ``tip``) is ahead of what the environment runs (None: not
+        known)."""
         return cls("held", {"candidate_revision": candidate, "waiting_reason": waiting,
-                            "ahead": ahead})
+                            "ahead": ahead, "checked_revision": tip})
 
 
 @dataclass

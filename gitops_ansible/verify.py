@@ -46,9 +46,18 @@ GPG_RESULTS = {"GOODSIG": "G", "BADSIG": "B", "ERRSIG": "E", "EXPSIG": "X",
 SSH_GOOD_RE = re.compile(r'Good "git" signature for (.+) with \S+ key (SHA256:\S+)')
 SSH_UNLISTED_RE = re.compile(r'Good "git" signature with \S+ key (SHA256:\S+)')
 # What a key setting must name (Policy.of's errors).
+ARMOR = b"-----BEGIN PGP PUBLIC KEY BLOCK-----"
 EXPECTED = {"trusted_gpg_keys": "a readable armored OpenPGP public key file or a directory "
                                 "of *.asc files",
             "trusted_ssh_signers": "a readable SSH allowed_signers file"}
+
+
+class KeyringError(Exception):
+    """The trusted OpenPGP keys at ``path`` cannot be imported: ``text`` says why."""
+
+    def __init__(self, path: Path, text: str):
+        self.path, self.text = path, text
+        super().__init__(f"{path}: {text}")
 
 
 class Unverified(Exception):
@@ -105,6 +114,19 @@ class Policy:
                 raise ConfigError(where(key), key, EXPECTED[key], _why(path, exc)) from None
         return policy
 
+    def prepare(self, state_dir: Path, where: str = "settings") -> None:
+        """Build the private keyring now: keys gpg cannot import are the settings' fault
+        (a ``ConfigError``), not the revision's."""
+        from .config import ConfigError
+
+        if not self.active:
+            return
+        try:
+            _keyring(self, Path(state_dir))
+        except KeyringError as exc:
+            raise ConfigError(where, "trusted_gpg_keys", EXPECTED["trusted_gpg_keys"],
+                              f"{exc.path.name}: {exc.text}") from None
+
     @property
     def active(self) -> bool:
         return self.mode != "none"
@@ -119,7 +141,11 @@ def check(repo: Path, revision: str, policy: Policy, base: str | None,
     cannot be used."""
     if not policy.active:
         return None
-    git = _Git(repo, policy, _keyring(policy, Path(state_dir)))
+    try:
+        home = _keyring(policy, Path(state_dir))
+    except KeyringError as exc:  # the key files changed since the policy was prepared
+        raise _refused(policy, f"trusted_gpg_keys {exc}") from None
+    git = _Git(repo, policy, home)
     if policy.mode == "tag":
         return _tag(git, revision)
     if policy.mode == "strict":
@@ -370,8 +396,14 @@ def _read_keys(path: Path | None, key: str) -> list[tuple[Path, bytes]]:
         files = sorted(path.glob("*.asc"))
         if not files:
             raise ValueError("no *.asc file in this directory")
-        return [(file, file.read_bytes()) for file in files]
-    return [(path, path.read_bytes())]
+    else:
+        files = [path]
+    keys = [(file, file.read_bytes()) for file in files]
+    for file, content in keys:
+        if key == "trusted_gpg_keys" and ARMOR not in content:
+            inside = f" ({file.name})" if file != path else ""
+            raise ValueError(f"not an armored OpenPGP public key{inside}")
+    return keys
 
 
 def _keyring(policy: Policy, state_dir: Path) -> Path:
@@ -381,7 +413,8 @@ def _keyring(policy: Policy, state_dir: Path) -> Path:
     try:
         keys = _read_keys(policy.gpg_keys, "trusted_gpg_keys")
     except (OSError, ValueError) as exc:
-        raise _refused(policy, f"trusted_gpg_keys {_why(policy.gpg_keys, exc)}") from None
+        raise KeyringError(policy.gpg_keys, exc.strerror if isinstance(exc, OSError)
+                           else str(exc)) from None
     digest = hashlib.sha256()
     for file, content in keys:
         digest.update(f"{file}\0".encode() + content + b"\0")
@@ -413,8 +446,8 @@ def _trust(home: Path, armored: bytes, policy: Policy) -> None:
         return _run(f"gpg {args[0]}", command, dict(os.environ, LC_ALL="C"), refused, data,
                     check)
 
-    def refused(text: str) -> Unverified:
-        return _refused(policy, f"trusted_gpg_keys {policy.gpg_keys}: {text}")
+    def refused(text: str) -> KeyringError:
+        return KeyringError(policy.gpg_keys, text)
 
     # Its exit code is 2 when the agent's socket path would be too long for a deep state
     # directory, although the keys are in: the import's own count says.
@@ -422,7 +455,9 @@ def _trust(home: Path, armored: bytes, policy: Policy) -> None:
     counts = [line.split()[2:] for line in done.stdout.splitlines()
               if line.startswith("[GNUPG:] IMPORT_RES ")]
     if not counts or counts[0][0] == "0" or counts[0][13] != "0":
-        raise refused("gpg --import: " + (text_lines(done.stderr) or ["no key imported"])[0])
+        said = [line for line in text_lines(done.stderr)
+                if "keybox" not in line and "Total number processed" not in line]
+        raise refused("gpg --import: " + (said or ["no key imported"])[0])
     listing = gpg("--with-colons", "--list-keys").stdout
     rows = [line.split(":") for line in listing.splitlines()]
     primaries = [row[9] for previous, row in zip(rows, rows[1:])

@@ -228,6 +228,48 @@ def test_strict_adopted_late_starts_at_a_seal(cli, estate, git_servers, keys, tm
     assert greeting(estate) == "hello unsigned\n"
 
 
+def test_strict_refuses_a_force_push_back_and_the_fallback_is_verified_again(
+        cli, estate, git_servers, keys, tmp_path):
+    """Someone with the token force-pushes the branch back to an old signed commit; later
+    Git is down and `run --force` falls back to the last good checkout."""
+    args = pull(git_servers, estate, "strict", trust(tmp_path, keys, ssh=()))
+    sign_root(estate, keys, keys.alice)
+    old = commit(estate, keys, keys.alice, "old", greet="old")
+    converged(cli, args, old, keys.alice)
+    new = commit(estate, keys, keys.alice, "new", greet="new")
+    converged(cli, args, new, keys.alice)
+    git_in(estate, keys, "push", "-q", "-f", "origin", f"{old}:main")
+    done = cli(*args, check_code=5)  # (its checkout is there: it was applied before)
+    assert f"commit {old[:12]} is behind the last verified revision {new[:12]}" in \
+        done.stdout + done.stderr
+    assert status(cli)["applied_revision"] == new
+    assert greeting(estate) == "hello new\n"
+    cli("rollback", "dev", "--to", old, "--reason", "the way back", "--repo", args[2],
+        *args[5:], check_code=2)
+    assert greeting(estate) == "hello old\n"
+
+    cli("unpin", "dev", check_code=0)
+    git_in(estate, keys, "push", "-q", "-f", "origin", f"{new}:main")
+    converged(cli, args, new, keys.alice)
+    trust(tmp_path, keys, gpg=("carol",), ssh=())  # Alice's key is no longer trusted
+    broken = ("run", "--repo", "file:///nonexistent/estate.git", *args[3:], "--force")
+    done = cli(*broken, check_code=5)
+    assert f"commit {new[:12]}" in done.stdout + done.stderr
+    assert "which is not trusted" in done.stdout + done.stderr
+
+
+def test_a_key_file_gpg_cannot_read_is_a_settings_error(cli, estate, git_servers, keys,
+                                                        tmp_path):
+    bad = tmp_path / "bad.asc"
+    bad.write_text("-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nbm90IGEga2V5\n"
+                   "-----END PGP PUBLIC KEY BLOCK-----\n")
+    done = cli(*pull(git_servers, estate, "head", ["--trusted-gpg-keys", bad]), check_code=5)
+    assert "key 'trusted_gpg_keys'" in done.stderr + done.stdout
+    assert "bad.asc: gpg --import" in done.stderr + done.stdout
+    assert "converging" not in done.stderr + done.stdout  # refused before any run
+    assert json.loads(cli("status", "--json", check_code=0).stdout) == []
+
+
 # -- push ------------------------------------------------------------------------------
 def test_push_verifies_the_checkout_head(cli, estate, keys, tmp_path):
     args = ("push", "--path", estate.path, "--env", "dev", "--verify", "head",
@@ -243,6 +285,12 @@ def test_push_verifies_the_checkout_head(cli, estate, keys, tmp_path):
     state = status(cli)
     assert state["applied_revision"] == signed
     assert keys.alice_ssh.fingerprint in state["applied_signer"]
+
+    # Files git does not track are not what was signed: they do not run.
+    estate.write("inventories/dev/host_vars/alpha.yml", "---\ngreet_name: untracked\n")
+    (estate.path / ".git/info/exclude").write_text("inventories/dev/host_vars/alpha.yml\n")
+    cli(*args, check_code=0)
+    assert greeting(estate, "alpha") == "hello world\n"
 
     estate.write("inventories/dev/host_vars/beta.yml", "---\ngreet_name: not committed\n")
     done = cli(*args, check_code=5)

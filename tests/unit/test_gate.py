@@ -124,3 +124,33 @@ def test_push_is_allowed_only_what_a_pull_cycle_would_be(store):
     pinned = store.env_state("prod")
     assert gate.allows(pinned, A, store, settings, 1000.0) is None
     assert "unpin prod" in gate.allows(pinned, B, store, settings, 1000.0)
+
+
+def test_the_revision_staging_converged_last_wins(store):
+    converge(store, "staging", A, 100.0)
+    converge(store, "staging", B, 200.0)
+    converge(store, "staging", A, 300.0)  # staging went back to A
+    held = prod(store, soak=10, now=1000.0)
+    assert (held.revision, held.candidate) == (A, None)
+
+
+def test_a_failed_then_clean_revision_is_shown_soaking(store):
+    converge(store, "staging", A, 900.0, good=False)
+    converge(store, "staging", A, 950.0)
+    held = prod(store, soak=100, now=1000.0)
+    assert held.revision is None and held.waiting.startswith(f"{A[:12]} soaks in staging")
+
+
+def test_an_approval_lets_push_through_only_while_a_pull_cycle_would_converge_it(store):
+    settings = make_settings(env="prod", promote_from="staging", soak=10)
+    store.apply("prod", Transition.approved(B, "hotfix", 500.0))
+    assert gate.allows(store.env_state("prod"), B, store, settings, 1000.0) is None
+    converge(store, "staging", C, 600.0)  # newer than the approval, and soaked
+    assert "is not promoted" in gate.allows(store.env_state("prod"), B, store, settings,
+                                            1000.0)
+
+
+def test_an_environment_cannot_follow_itself():
+    from gitops_ansible.config import ConfigError
+    with pytest.raises(ConfigError, match="promote_from.*another environment than env"):
+        gate.check(make_settings(env="prod", promote_from="prod"))

@@ -545,12 +545,27 @@ def test_processes_building_the_keyring_at_once_share_it(keys, tree, tmp_path):
     assert [path.name.startswith("gnupg-") for path in keyrings(tmp_path / "state")] == [True]
 
 
-def test_a_key_file_gpg_cannot_import_refuses(keys, tree, tmp_path):
+def test_a_key_file_gpg_cannot_import_is_the_settings_fault(keys, tree, tmp_path):
     broken = tmp_path / "broken.asc"
-    broken.write_text("not a key\n")
-    message = refused(tree.path, tree.commit(keys.alice), policy(keys, "head", gpg=broken),
-                      tmp_path)
+    broken.write_text("-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nbm90IGEga2V5\n"
+                      "-----END PGP PUBLIC KEY BLOCK-----\n")
+    rules = policy(keys, "head", gpg=broken)
+    with pytest.raises(config.ConfigError) as error:
+        rules.prepare(tmp_path / "state")
+    assert error.value.key == "trusted_gpg_keys"
+    assert "broken.asc: gpg --import: gpg: " in str(error.value)
+    assert "keybox" not in str(error.value)
+    message = refused(tree.path, tree.commit(keys.alice), rules, tmp_path)
     assert message.startswith(f"trusted_gpg_keys {broken}: gpg --import: ")
+
+
+def test_a_file_that_is_no_armored_key_is_refused_by_name(tmp_path):
+    garbage = tmp_path / "garbage.asc"
+    garbage.write_text("not a key\n")
+    with pytest.raises(config.ConfigError) as error:
+        Policy.of(make_settings(verify="head", trusted_gpg_keys=str(garbage)))
+    assert error.value.key == "trusted_gpg_keys"
+    assert "not an armored OpenPGP public key" in str(error.value)
 
 
 def test_without_openpgp_keys_the_users_keyring_is_not_used(keys, tree, tmp_path,
