@@ -161,17 +161,18 @@ def fetch(settings, revision: str, tags: bool = False) -> str:
     if not (mirror / "HEAD").exists():
         mirror.parent.mkdir(parents=True, exist_ok=True)
         git.Repo.init(mirror, bare=True)
+    # --prune: a tag deleted on the remote no longer counts for a tag policy
+    fetch = ["fetch", "--quiet", "--no-tags", *(["--prune"] if tags else []), "--",
+             settings.repo]
     extra = ["+refs/tags/*:refs/tags/*"] if tags else []
     if SHA_RE.match(settings.ref):
         if not extra and _has_commit(mirror, settings.ref):
             return settings.ref
         spec = "+refs/heads/*:refs/remotes/origin/*"
-        _git(["fetch", "--quiet", "--no-tags", "--", settings.repo, spec, *extra], settings,
-             cwd=mirror)
+        _git([*fetch, spec, *extra], settings, cwd=mirror)
         target = settings.ref
     else:
-        _git(["fetch", "--quiet", "--no-tags", "--", settings.repo,
-              f"+{settings.ref}:refs/gitops/target", *extra], settings, cwd=mirror)
+        _git([*fetch, f"+{settings.ref}:refs/gitops/target", *extra], settings, cwd=mirror)
         target = "refs/gitops/target"
     repo = git.Repo(mirror)
     try:
