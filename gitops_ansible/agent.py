@@ -21,6 +21,7 @@ import dataclasses
 import math
 import random
 import signal
+import socket
 import threading
 import time
 from contextlib import closing
@@ -32,7 +33,7 @@ from .notify import Notifier
 from .reconcile import cycle
 from .report import ConsoleReporter
 from .schedule import blocking_window
-from .server import Gauges, Metrics, gauges, serve
+from .server import Gauges, Metrics, Sessions, gauges, serve
 from .source import redact_url
 from .store import Mode, RunStatus, Store
 
@@ -129,13 +130,15 @@ class Agent:
         self.metrics = Metrics(Gauges(lambda: gauges(self.config.state_dir,
                                                      list(self.states.values()), time.time())))
         self.notifier = Notifier(self.config.notify, self.config.agent["alert_interval"],
-                                 self.reporter.log)
+                                 self.reporter.log, self.config.agent["external_url"])
+        self.sessions = Sessions(self.config.agent)
         self.wake = threading.Event()
         self.stopping = self.reload_requested = False
         self.cancel: threading.Event | None = None
         self.busy_since: float | None = None
         self.heartbeat = time.monotonic()
         self.server = None
+        self.who = f"agent@{socket.gethostname()}"  # what starts its runs
 
     def _reporter(self, **context) -> ConsoleReporter:
         reporter = ConsoleReporter(self.config.json, out=self.out, err=self.err, tagged=True)
@@ -211,6 +214,8 @@ class Agent:
         self.config = config
         self.notifier.targets = config.notify
         self.notifier.alert_interval = config.agent["alert_interval"]
+        self.notifier.external_url = config.agent["external_url"]
+        self.sessions = Sessions(config.agent)  # a changed token signs everyone out
         self.reporter.log(f"config reloaded: {len(self.states)} sources")
 
     def _run_job(self, state: SourceState, kind: str, trigger: str) -> None:
@@ -254,10 +259,10 @@ class Agent:
         def on_start(run) -> None:
             posted.append(run.revision)
             self.notifier.commit_status(src.commit_status, env, run.revision,
-                                        *started_status(env))
+                                        *started_status(env), run.id)
 
         result = cycle(self._settings(state, force=force or src.settings.force), Mode.PULL,
-                       self._reporter(env=env), trigger, self.cancel, on_start)
+                       self._reporter(env=env), trigger, self.cancel, on_start, self.who)
         self.metrics.inc("gitops_ansible_cycles_total", env=env, result=result.status)
         if result.run_id and result.status not in (RunStatus.NOTHING, RunStatus.SUSPENDED):
             self.metrics.observe(env, time.monotonic() - started)
@@ -269,7 +274,8 @@ class Agent:
         # says it was refused.
         ended = posted[-1] if posted else result.revision if result.unverified else None
         if ended:
-            self.notifier.commit_status(src.commit_status, env, ended, *ended_status(env, result))
+            self.notifier.commit_status(src.commit_status, env, ended, *ended_status(env, result),
+                                        result.run_id)
         state.told, held = held_status(env, state.told, result, src.settings.promote_from)
         if held:
             self.notifier.commit_status(src.commit_status, env, result.candidate, *held)
@@ -283,7 +289,7 @@ class Agent:
         src, env = state.source, state.env
         started = time.monotonic()
         result = cycle(self._settings(state, diff=False), Mode.DRIFT, self._reporter(env=env),
-                       "drift", self.cancel)
+                       "drift", self.cancel, started_by=self.who)
         state.next_drift = time.monotonic() + src.options["drift_interval"]
         self.metrics.inc("gitops_ansible_drift_checks_total", env=env, result=result.status)
         if result.run_id:

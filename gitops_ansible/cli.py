@@ -230,13 +230,31 @@ def cmd_cycle(args, settings, trigger: str | None = None) -> int:
         signal.signal(signum, stop)
     reporter = ConsoleReporter(settings.json, show_diff=settings.diff or mode is Mode.PLAN)
     try:
-        result = cycle(settings, mode, reporter, trigger or _trigger(mode), cancel)
+        result = cycle(settings, mode, reporter, trigger or _trigger(mode), cancel,
+                       started_by=_who())
     except Cancelled:
         return fail("cancelled by a signal before the run started; nothing was changed",
                     ExitCode.ERROR)
     if settings.json:
         reporter.emit("cycle_result", **result.as_dict())
     return int(result.exit_code)
+
+
+def _who() -> str:
+    """Who started a run from the command line: user@host, and the CI job when there is
+    one (GitLab's CI_JOB_URL, GitHub's run)."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    job = os.environ.get("CI_JOB_URL") or (
+        f"{os.environ['GITHUB_SERVER_URL']}/{os.environ.get('GITHUB_REPOSITORY', '')}/actions/"
+        f"runs/{os.environ['GITHUB_RUN_ID']}" if os.environ.get("GITHUB_RUN_ID")
+        and os.environ.get("GITHUB_SERVER_URL") else None)
+    return f"{user}@{socket.gethostname()}" + (f" (CI job {job})" if job else "")
 
 
 def _trigger(mode: Mode) -> str:

@@ -346,6 +346,13 @@ AGENT_SCHEMA = {o.name: o for o in [
                                              "sha256=HMAC of the body)"),
     Option("alert_interval", "duration", 600.0, "at most one notification per environment and "
                                                 "kind within this time"),
+    Option("external_url", "str", None, "the agent's pages as people reach them (e.g. "
+                                        "https://gitops.example.com/): links in alerts and "
+                                        "commit statuses"),
+    Option("actions", "bool", False, "the pages offer sync, suspend and resume to holders of "
+                                     "the actions token"),
+    Option("actions_token_file", "path", None, "file holding the token the pages' actions "
+                                               "ask for (actions = true)"),
 ]}
 SOURCE_SCHEMA = {o.name: o for o in [
     Option("name", "str", None, "name of the source in logs and the API (default: its env)"),
@@ -392,6 +399,17 @@ def _table(data: dict, schema: dict, where: str) -> dict:
             raise ConfigError(where, key, "a known key (" + ", ".join(sorted(schema)) + ")")
         values[key] = option.convert(raw, where)
     return values
+
+
+def _check_pages(path: str, agent: dict) -> None:
+    """[agent] external_url is an http(s) URL without credentials; actions need a token."""
+    url = agent["external_url"]
+    if url is not None and not re.fullmatch(r"https?://[^\s/@]+(/\S*)?", url):
+        raise ConfigError(f"{path}: [agent]", "external_url", "an http:// or https:// URL "
+                          "without credentials, such as https://gitops.example.com/", url)
+    if agent["actions"] and not agent["actions_token_file"]:
+        raise ConfigError(f"{path}: [agent]", "actions_token_file", "a file holding the "
+                          "actions token (actions = true)")
 
 
 def _check_source(settings: Settings) -> None:
@@ -499,6 +517,7 @@ def load_agent(path: str, flags: dict | None = None, environ=None) -> AgentConfi
     for key, raw in (flags or {}).items():
         if key in AGENT_SCHEMA and raw is not None:
             agent[key] = AGENT_SCHEMA[key].convert(raw, f"flag --{key.replace('_', '-')}")
+    _check_pages(str(path), agent)
     raw_sources = data.pop("sources", [])
     raw_notify = data.pop("notify", [])
     servers = galaxy_servers(str(path), data.pop("galaxy_servers", []))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .problems import text_lines
-from .report import Redactor
+from .report import Redactor, diff_text
 from .store import HostResult, TaskResult
 
 # A task reports per-item changes (e.g. one line per Kubernetes object) by showing a list
@@ -80,12 +80,14 @@ class Execution:
             message = message[:1000]
         elif isinstance(res.get(REPORT_VAR), list) and res[REPORT_VAR]:
             message = "; ".join(str(item) for item in res[REPORT_VAR])[:2000]
+        diffs = _diffs(res) if status == "changed" else None
         result = TaskResult(host=data.get("host", "?"), task=data.get("task", ""),
                             role=data.get("role"), status=status,
-                            duration=data.get("duration"), message=message)
+                            duration=data.get("duration"), message=message,
+                            diff=diff_text(diffs)[:DIFF_MAX] or None if diffs else None)
         self.tasks.append(result)
         if self.listener:
-            self.listener.task_result(result, _diffs(res) if status == "changed" else None)
+            self.listener.task_result(result, diffs)
 
     def host_results(self) -> dict[str, HostResult]:
         stats = self.stats or {}
@@ -108,6 +110,7 @@ class Execution:
 
 
 ITEMS_SHOWN = 3  # a failed loop's message names its first failing items
+DIFF_MAX = 20000  # characters of a task's diff kept in the store
 
 
 def _failure(res: dict) -> str:

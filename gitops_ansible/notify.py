@@ -38,12 +38,22 @@ def alert_text(alert: dict) -> str:
     revision = (alert.get("revision") or "")[:12]
     where = f"{alert['env']}" + (f" @ {revision}" if revision else "")
     run = f" (run {alert['run_id']})" if alert.get("run_id") else ""
-    return f"gitops-ansible {alert['event']}: {where}: {alert['message']}{run}"
+    link = f" {alert['url']}" if alert.get("url") else ""
+    return f"gitops-ansible {alert['event']}: {where}: {alert['message']}{run}{link}"
+
+
+def page_url(base: str | None, env: str, run_id: str | None = None) -> str | None:
+    """The status page of a run (or of the environment) under the agent's external URL."""
+    if not base:
+        return None
+    return base.rstrip("/") + (f"/runs/{run_id}" if run_id else f"/env/{env}")
 
 
 class Notifier:
-    def __init__(self, targets: list[dict], alert_interval: float, log):
+    def __init__(self, targets: list[dict], alert_interval: float, log,
+                 external_url: str | None = None):
         self.targets, self.alert_interval, self.log = targets, alert_interval, log
+        self.external_url = external_url  # links to the status pages
         self.last_sent: dict[tuple[str, str], float] = {}
         self.suppressed: dict[tuple[str, str], int] = {}
         self.queue: queue.Queue = queue.Queue()
@@ -65,7 +75,8 @@ class Notifier:
         self.last_sent[key] = now
         alert = {"event": event, "env": env, "revision": revision, "run_id": run_id,
                  "message": message, "ts": round(time.time(), 3),
-                 "suppressed": self.suppressed.pop(key, 0)}
+                 "suppressed": self.suppressed.pop(key, 0),
+                 "url": page_url(self.external_url, env, run_id)}
         for target in self.targets:
             if event in target["events"]:
                 self.queue.put(("alert", target, alert))
@@ -78,26 +89,31 @@ class Notifier:
 
     # -- commit status --------------------------------------------------------------
     def commit_status(self, config: dict | None, env: str, revision: str | None, state: str,
-                      description: str) -> None:
+                      description: str, run_id: str | None = None) -> None:
+        """Queue a commit status; it links to the run's page (or the environment's) when
+        the agent has an external URL."""
         if config and revision and len(revision) == 40:
             self.queue.put(("status", config, {"env": env, "revision": revision, "state": state,
-                                               "description": description[:140]}))
+                                               "description": description[:140],
+                                               "url": page_url(self.external_url, env,
+                                                               run_id)}))
 
     def _send_status(self, config: dict, status: dict) -> None:
         token = read_secret(config["token_file"])
         context = config.get("context") or f"gitops-ansible/{status['env']}"
         api = config["api_url"].rstrip("/")
+        link = {"target_url": status["url"]} if status["url"] else {}
         if config["kind"] == "github":
             _post(f"{api}/repos/{config['repository']}/statuses/{status['revision']}",
                   {"state": status["state"], "description": status["description"],
-                   "context": context},
+                   "context": context, **link},
                   {"Accept": "application/vnd.github+json", "Authorization": f"Bearer {token}",
                    "X-GitHub-Api-Version": "2022-11-28"})
         else:
             project = urllib.parse.quote(config["repository"], safe="")
             _post(f"{api}/api/v4/projects/{project}/statuses/{status['revision']}",
                   {"state": GITLAB_STATES[status["state"]], "name": context,
-                   "description": status["description"]},
+                   "description": status["description"], **link},
                   {"PRIVATE-TOKEN": token})
 
     # -- the sender -------------------------------------------------------------------

@@ -130,7 +130,7 @@ class Lock:
 
 def cycle(settings, mode: Mode | str, reporter: Reporter | None = None,
           trigger: str | None = None, cancel: threading.Event | None = None,
-          on_start=None) -> Result:
+          on_start=None, started_by: str | None = None) -> Result:
     """Run one cycle; the result carries the exit code. What the cycle meets after it took
     its lock (Git, the repository, Ansible, a bug) ends in the result, recorded; before
     that, a ``ConfigError`` (a missing setting), a ``StoreError``, an ``OSError`` (the
@@ -139,19 +139,30 @@ def cycle(settings, mode: Mode | str, reporter: Reporter | None = None,
     ``reporter`` receives the cycle's events (a silent one when not given); ``trigger`` is
     recorded with the run (schedule, manual, ci, webhook:..., sync, drift, heal; default
     manual); ``on_start`` is called with the ``RunRecord`` when a changing run of a known
-    revision starts, once its revision has passed the signature policy.
+    revision starts, once its revision has passed the signature policy; ``started_by``
+    (who or what started it: ``user@host``, ``agent: webhook:github``) is recorded.
     """
     mode = Mode(mode)
     reporter = reporter or Reporter()
     cancel = cancel or threading.Event()
     try:
         _interruptible(cancel, True)
-        return _cycle(settings, mode, reporter, trigger, cancel, on_start)
+        return _cycle(settings, mode, reporter, Start(trigger or "manual", on_start,
+                                                      started_by), cancel)
     finally:
         _interruptible(cancel, False)
 
 
-def _cycle(settings, mode: Mode, reporter: Reporter, trigger, cancel, on_start) -> Result:
+@dataclass(frozen=True)
+class Start:
+    """How a cycle was started: its trigger, who or what started it, and the callback of
+    a changing run that starts."""
+    trigger: str
+    on_start: object = None
+    started_by: str | None = None
+
+
+def _cycle(settings, mode: Mode, reporter: Reporter, start: Start, cancel) -> Result:
     settings.require("env")
     if mode is Mode.PULL:
         settings.require("repo")
@@ -169,13 +180,13 @@ def _cycle(settings, mode: Mode, reporter: Reporter, trigger, cancel, on_start) 
         return Result(ExitCode.BUSY, RunStatus.BUSY, message)
     try:
         with closing(Store(settings.state_path / "runs.db")) as store:
-            return _locked(settings, mode, store, reporter, trigger, cancel, on_start)
+            return _locked(settings, mode, store, reporter, start, cancel)
     finally:
         lock.release()
 
 
-def _locked(settings, mode: Mode, store: Store, reporter: Reporter, trigger, cancel,
-            on_start) -> Result:
+def _locked(settings, mode: Mode, store: Store, reporter: Reporter, start: Start,
+            cancel) -> Result:
     """The cycle, once it holds the environment's lock: finish off runs a killed process
     left, honour a suspension, run the steps."""
     for row in store.mark_interrupted(settings.env):
@@ -189,9 +200,7 @@ def _locked(settings, mode: Mode, store: Store, reporter: Reporter, trigger, can
     if suspended and mode is Mode.PUSH:
         reporter.log(f"{settings.env} is suspended ({suspended}); push converges anyway",
                      "warning")
-    job = Cycle(settings, mode, store, reporter, trigger or "manual", cancel,
-                on_start)
-    return job.run()
+    return Cycle(settings, mode, store, reporter, start, cancel).run()
 
 
 def _finish_off(store: Store, row: dict, reporter: Reporter) -> None:
@@ -217,9 +226,9 @@ class Cycle:
     """One cycle's steps. Each returns what the next needs or raises ``Stop``; ``run``
     hands the verdict to ``_finish``, the one place that records and reports it."""
 
-    def __init__(self, settings, mode: Mode, store, reporter, trigger, cancel, on_start=None):
+    def __init__(self, settings, mode: Mode, store, reporter, start: Start, cancel):
         self.settings, self.mode, self.store, self.reporter = settings, mode, store, reporter
-        self.trigger, self.cancel, self.on_start = trigger, cancel, on_start
+        self.start, self.cancel = start, cancel
         self.env = settings.env
         self.check = bool(settings.check or mode.check)
         self.remote = mode is Mode.PULL or (mode is Mode.PLAN and bool(settings.repo))
@@ -282,7 +291,7 @@ class Cycle:
             verdict = self._refused([why], sticky=False)
             raise Stop(verdict, logged=True, message=f"push refused: {why}")
         gated = bool(state.pinned_revision or self.settings.promote_from)  # allowed above
-        self._verify(checkout, revision, state, behind=gated)
+        self._admit(checkout, revision, state, behind=gated)
         if not self.policy.active:
             return checkout
         password = self.settings.vault_password_file  # the CI's own file, beside the tree
@@ -326,7 +335,7 @@ class Cycle:
             self.reporter.log(f"the ref moved since ls-remote: converging {fetched[:12]}")
             self._start(fetched)
             revision = self.revision = fetched
-        self._verify(source.mirror_path(self.settings), revision, state, behind=gated)
+        self._admit(source.mirror_path(self.settings), revision, state, behind=gated)
         try:
             return source.export(self.settings, revision), revision
         except (source.SourceError, OSError) as exc:
@@ -351,6 +360,13 @@ class Cycle:
         policy.prepare(self.settings.state_path,
                        self.settings.sources.get("trusted_gpg_keys", "settings"))
         return policy
+
+    def _admit(self, repo: Path, revision: str, state: EnvState, behind: bool) -> None:
+        """The revision about to be converged, from ``repo``: its commit's subject and
+        author for the record, then the signature policy."""
+        if source.SHA_RE.match(revision or ""):
+            self.run_record.subject, self.run_record.author = source.describe(repo, revision)
+        self._verify(repo, revision, state, behind)
 
     def _verify(self, repo: Path, revision: str, state: EnvState, behind: bool) -> None:
         """The signature policy, on the fetched objects (or the push checkout) before
@@ -407,9 +423,10 @@ class Cycle:
 
     def _start(self, revision: str | None) -> None:
         if self.run_record is None:
-            self.run_record = RunRecord(env=self.env, mode=self.mode, trigger=self.trigger,
+            self.run_record = RunRecord(env=self.env, mode=self.mode, trigger=self.start.trigger,
                                         ref=self.settings.ref if self.remote else None,
-                                        revision=revision, check_mode=self.check)
+                                        revision=revision, check_mode=self.check,
+                                        started_by=self.start.started_by)
             self.store.start_run(self.run_record, str(self._artifacts()))
         self.run_record.revision = revision
         self.reporter.bind(run_id=self.run_record.id, env=self.env, revision=revision)
@@ -461,7 +478,7 @@ class Cycle:
             self.fetch_error = error
             self._start(back)
             self.revision = back
-            self._verify(source.mirror_path(self.settings), back, state, behind=True)
+            self._admit(source.mirror_path(self.settings), back, state, behind=True)
             return fallback, back
         self._start(self.run_record.revision if self.run_record else None)
         kept = f"; the last good revision {good[:12]} stays in use" if good else ""
@@ -474,8 +491,8 @@ class Cycle:
         from . import inventory as inventory_mod  # YAML and Ansible: only when there is work
         from . import requirements
 
-        if self.on_start and revision and not self.check:  # past the signature policy
-            self.on_start(self.run_record)
+        if self.start.on_start and revision and not self.check:  # past the signature policy
+            self.start.on_start(self.run_record)
         try:  # the collections and roles first: validation looks for what is installed
             paths = requirements.install(checkout, self.settings, self.reporter.log,
                                          self.run_record.id)
@@ -563,6 +580,10 @@ class Cycle:
             self._then(verdict, Transition.held(self.target.candidate, self.target.waiting,
                                                 self.ahead, self.tip))
         if self.run_record:
+            final = [] if stop and stop.logged else [(round(time.time(), 3), _level(verdict),
+                                                      verdict.message)]
+            verdict.logs = [(ts, level, self.redactor.scrub(text))
+                            for ts, level, text in self.reporter.lines + final]
             self.store.finish_run(self.run_record, verdict)
         elif verdict.transition:
             self.store.apply(self.env, verdict.transition)

@@ -104,12 +104,14 @@ def history(state_dir: Path, env: str | None = None, limit: int = 20) -> list[di
 
 
 def run_detail(state_dir: Path, run_id: str) -> dict | None:
-    """One run with its per-host (``hosts``) and per-task (``tasks``) results."""
+    """One run with its per-host (``hosts``) and per-task (``tasks``) results and its log
+    lines (``logs``)."""
     with closing(_store(state_dir)) as store:
         run = store.run(run_id)
         if run:
             run["hosts"] = store.host_results(run_id)
             run["tasks"] = store.task_results(run_id)
+            run["logs"] = store.run_logs(run_id)
         return run
 
 

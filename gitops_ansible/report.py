@@ -79,6 +79,7 @@ class Reporter:
     def __init__(self, on_event=None):
         self.on_event = on_event
         self.context: dict = {}
+        self.lines: list[tuple[float, str, str]] = []  # (ts, level, message): the run's log
 
     def bind(self, **context) -> None:
         self.context.update({k: v for k, v in context.items() if v is not None})
@@ -91,6 +92,7 @@ class Reporter:
             self.on_event(record)
 
     def log(self, message: str, level: str = "info", **fields) -> None:
+        self.lines.append((round(time.time(), 3), level, message))
         self.emit("log", level=level, message=message, **fields)
 
     def task_start(self, task: str, role: str | None) -> None:
@@ -216,6 +218,11 @@ def table(header, rows) -> str:
 
 
 def render_diff(diff) -> str:
+    """Ansible's diff results as a unified diff, indented under a task's line."""
+    return "".join("      " + line + "\n" for line in diff_text(diff).splitlines())
+
+
+def diff_text(diff) -> str:
     """Ansible's diff results (before/after or prepared text) as a unified diff."""
     items = diff if isinstance(diff, list) else [diff]
     out = []
@@ -233,4 +240,4 @@ def render_diff(diff) -> str:
                                      str(item.get("after_header", "after")))
         text = "".join(line if line.endswith("\n") else line + "\n" for line in lines)
         out.append(text)
-    return "".join("      " + line + "\n" for chunk in out for line in chunk.splitlines())
+    return "".join(out)

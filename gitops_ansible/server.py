@@ -4,6 +4,11 @@ Bound to 127.0.0.1 by default: nothing outside the machine needs a door into it.
 view reads the scheduler's per-source state and the store (through ``records``); it
 changes nothing but a source's pending trigger (``sync`` and webhooks).
 
+    GET  /, /env/ENV, /runs/ID  the status pages (``pages``), HTML
+    GET, POST /login            sign in for the pages' actions (actions = true)
+    POST /actions/sync/NAME, /actions/suspend/ENV, /actions/resume/ENV
+                                the pages' actions: a signed-in session and its CSRF field,
+                                or ``Authorization: Bearer TOKEN``
     GET  /healthz               the agent loop is alive
     GET  /readyz                config loaded, store open, first cycle of every source done
     GET  /metrics               Prometheus text format 0.0.4
@@ -20,11 +25,16 @@ started; the gauges are read from the store and the scheduler at each scrape.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
+import secrets
 import threading
 import time
+import urllib.parse
 from contextlib import closing
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -32,7 +42,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFamily,
                                             HistogramMetricFamily)
 
-from . import webhooks
+from . import pages, records, webhooks
+from .notify import read_secret
 from .records import run_detail
 from .records import status as env_statuses
 from .source import redact_url
@@ -40,6 +51,7 @@ from .store import FAILED_OUTCOMES, EnvState, Store
 
 MAX_BODY = 5 * 1024 * 1024
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
+HTML = "text/html; charset=utf-8"
 DURATION = "gitops_ansible_run_duration_seconds"
 DURATION_HELP = "Duration of converging and drift-check runs"
 DURATION_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -199,6 +211,103 @@ def _source_view(state, env: EnvState, now: float) -> dict:
         "cycles": state.cycles, "last": state.last, "last_drift": state.last_drift}
 
 
+# -- the pages' actions -----------------------------------------------------------------------
+SESSION_COOKIE = "gitops_session"
+SESSION_SECONDS = 8 * 3600
+
+
+@dataclass(frozen=True)
+class SessionView:
+    """What a page needs to know of its visitor: are actions on, is the visitor signed in,
+    and the CSRF value its forms carry."""
+    actions: bool
+    signed_in: bool = False
+    csrf: str = ""
+
+
+class Sessions:
+    """Sign-in for the pages' actions. The actions token (a file) is checked once, at
+    sign-in; the browser then holds a random session id in an HttpOnly, SameSite=Strict
+    cookie, and every form carries a CSRF value derived from that id with a key that
+    lives only in this process. A request from another site has neither."""
+
+    def __init__(self, agent_options: dict):
+        self.enabled = bool(agent_options["actions"])
+        self.token_file = agent_options["actions_token_file"]
+        self.key = secrets.token_bytes(32)
+        self.ids: dict[str, float] = {}
+        self.lock = threading.Lock()
+
+    def _token(self) -> str:
+        return read_secret(self.token_file)
+
+    def sign_in(self, given: str) -> str | None:
+        """A new session id when ``given`` is the actions token."""
+        if not (self.enabled and given and hmac.compare_digest(given.encode(),
+                                                               self._token().encode())):
+            return None
+        session = secrets.token_urlsafe(32)
+        with self.lock:
+            now = time.time()
+            self.ids = {k: v for k, v in self.ids.items() if v > now}
+            self.ids[session] = now + SESSION_SECONDS
+        return session
+
+    def csrf(self, session: str) -> str:
+        return hmac.new(self.key, session.encode(), hashlib.sha256).hexdigest()
+
+    def _session(self, headers) -> str | None:
+        cookie = headers.get("Cookie") or ""
+        for part in cookie.split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == SESSION_COOKIE:
+                with self.lock:
+                    if self.ids.get(value, 0) > time.time():
+                        return value
+        return None
+
+    def view(self, headers) -> SessionView:
+        session = self._session(headers) if self.enabled else None
+        return SessionView(self.enabled, bool(session), self.csrf(session) if session else "")
+
+    def allowed(self, headers, form: dict) -> bool:
+        """An action may run: the bearer token, or a live session whose CSRF value the
+        form carries, from a page of this agent (Origin, when the browser sends one)."""
+        if not self.enabled:
+            return False
+        bearer = (headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+        if bearer and hmac.compare_digest(bearer.encode(), self._token().encode()):
+            return True
+        session = self._session(headers)
+        origin = headers.get("Origin")
+        if origin and urllib.parse.urlsplit(origin).netloc != headers.get("Host"):
+            return False
+        given = (form.get("csrf") or [""])[0]
+        return bool(session) and hmac.compare_digest(given, self.csrf(session))
+
+
+def action(agent, kind: str, name: str, form: dict) -> tuple[int, str]:
+    """Run one page action; (HTTP code, where to go back to, or the error)."""
+    state = next((s for s in agent.states.values() if name in (s.source.name, s.env)), None)
+    if state is None:
+        return 404, "no such source or environment"
+    if kind == "sync":
+        agent.trigger([state.source.name], "sync")
+    elif kind == "suspend":
+        reason = (form.get("reason") or [""])[0].strip()
+        if not reason:
+            return 400, "a reason is needed to suspend"
+        records.suspend(agent.config.state_dir, state.env, reason)
+        agent.reporter.log(f"{state.env}: suspended from the status page: {reason}",
+                           env=state.env)
+    elif kind == "resume":
+        records.resume(agent.config.state_dir, state.env)
+        agent.reporter.log(f"{state.env}: resumed from the status page", env=state.env)
+    else:
+        return 404, "no such action"
+    return 303, f"/env/{state.env}"
+
+
 def webhook(agent, receiver: str, headers, body: bytes) -> tuple[int, dict]:
     """/hooks/RECEIVER: count the delivery, and queue a cycle of the sources it concerns."""
     sources = [state.source for state in agent.states.values()]
@@ -234,9 +343,50 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _page(self, html: str | None, code: int = 200) -> None:
+        if html is None:
+            self._send(404, "<!doctype html><title>not found</title><p>Not found. "
+                            "<a href=\"/\">All environments</a></p>\n", HTML)
+        else:
+            self._send(code, html, HTML)
+
+    def _redirect(self, where: str, cookie: str | None = None) -> None:
+        self.send_response(303)
+        self.send_header("Location", where)
+        if cookie:
+            self.send_header("Set-Cookie", f"{SESSION_COOKIE}={cookie}; HttpOnly; "
+                                           f"SameSite=Strict; Path=/; Max-Age={SESSION_SECONDS}")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def do_GET(self) -> None:
+        self._guarded(self._get)
+
+    def do_POST(self) -> None:
+        self._guarded(self._post)
+
+    def _guarded(self, handle) -> None:
+        """A bug in a page must not leave the browser without an answer, nor show it the
+        traceback: 500, and one line in the agent's log."""
+        try:
+            handle()
+        except Exception as exc:  # noqa: BLE001
+            self.agent.reporter.log(f"HTTP {self.command} {self.path.split('?')[0]}: internal "
+                                    f"error: {type(exc).__name__}: {exc}", "error")
+            self._send(500, {"error": "internal error (see the agent's log)"})
+
+    def _get(self) -> None:
         agent, path = self.agent, self.path.split("?")[0].rstrip("/") or "/"
-        if path == "/healthz":
+        session = agent.sessions.view(self.headers)
+        if path == "/":
+            self._page(pages.overview(agent, session))
+        elif path.startswith("/env/"):
+            self._page(pages.environment(agent, path.rsplit("/", 1)[1], session))
+        elif path.startswith("/runs/"):
+            self._page(pages.run(agent, path.rsplit("/", 1)[1], session))
+        elif path == "/login":
+            self._page(pages.login(session))
+        elif path == "/healthz":
             alive = agent.alive()
             self._send(200 if alive else 503, "ok\n" if alive else "loop stalled\n", "text/plain")
         elif path == "/readyz":
@@ -252,7 +402,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, {"error": "not found"})
 
-    def do_POST(self) -> None:
+    def _post(self) -> None:
         agent, path = self.agent, self.path.split("?")[0].rstrip("/")
         length = _length(self.headers)
         if length is None:
@@ -262,7 +412,30 @@ class Handler(BaseHTTPRequestHandler):
             self._send(413, {"error": "payload too large"})
             return
         body = self.rfile.read(length) if length else b""
-        if path.startswith("/api/v1/sync/"):
+        form = urllib.parse.parse_qs(body.decode(errors="replace")) if path == "/login" or \
+            path.startswith("/actions/") else {}
+        if path == "/login":
+            session = agent.sessions.sign_in((form.get("token") or [""])[0])
+            if session:
+                self._redirect("/", session)
+            else:
+                self._page(pages.login(agent.sessions.view(self.headers),
+                                       "That is not the actions token." if
+                                       agent.sessions.enabled else None), 401)
+        elif path.startswith("/actions/"):
+            parts = path.split("/")
+            if len(parts) != 4 or not agent.sessions.enabled:
+                self._page(None)
+            elif not agent.sessions.allowed(self.headers, form):
+                self._send(403, "sign in first (the actions token), from this agent's pages\n",
+                           "text/plain")
+            else:
+                code, where = action(agent, parts[2], parts[3], form)
+                if code == 303:
+                    self._redirect(where)
+                else:
+                    self._send(code, where + "\n", "text/plain")
+        elif path.startswith("/api/v1/sync/"):
             names = agent.trigger(_named(agent, path.rsplit("/", 1)[1]), "sync")
             self._send(202 if names else 404, {"triggered": names} if names else
                        {"error": "no such source or environment"})

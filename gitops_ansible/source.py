@@ -196,6 +196,15 @@ def is_ancestor(repo: Path, older: str, newer: str) -> bool:
                            newer], capture_output=True).returncode == 0
 
 
+def describe(repo: Path, revision: str) -> tuple[str | None, str | None]:
+    """A commit's subject line and author name (None, None when git cannot tell)."""
+    done = subprocess.run(["git", "-C", str(repo), "log", "-1", "--no-show-signature",
+                           "--format=%s%x00%an", revision, "--"], capture_output=True,
+                          text=True, errors="replace")
+    subject, _, author = done.stdout.strip().partition("\0")
+    return (subject or None, author or None) if done.returncode == 0 else (None, None)
+
+
 def ahead(settings, base: str, tip: str) -> int | None:
     """How many commits of ``tip`` are not in ``base`` (the tip is fetched when the mirror
     lacks it); None when Git cannot tell."""

@@ -57,6 +57,9 @@ CREATE TABLE IF NOT EXISTS actions (
     env TEXT NOT NULL, at REAL NOT NULL, kind TEXT NOT NULL, revision TEXT,
     from_revision TEXT, reason TEXT);
 CREATE INDEX IF NOT EXISTS actions_env ON actions (env, at);
+CREATE TABLE IF NOT EXISTS run_logs (
+    run_id TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL, level TEXT, message TEXT,
+    PRIMARY KEY (run_id, seq));
 """
 # Columns added before the schema had a version: (table, column, type), added when missing.
 MIGRATIONS = [
@@ -71,6 +74,9 @@ MIGRATIONS = [
     ("environments", "approved_reason", "TEXT"), ("environments", "approved_at", "REAL"),
     ("environments", "candidate_revision", "TEXT"), ("environments", "waiting_reason", "TEXT"),
     ("environments", "ahead", "INTEGER"),
+    # version 2: what the status pages show
+    ("runs", "subject", "TEXT"), ("runs", "author", "TEXT"), ("runs", "started_by", "TEXT"),
+    ("task_results", "diff", "TEXT"),
 ]
 # A version 1 store's converging runs start the history of applied revisions (what
 # rollback and promotion read); it did not record which runs were partial (--limit, --tags).
@@ -326,6 +332,7 @@ class TaskResult:
     status: str  # ok | changed | failed | unreachable | skipped
     duration: float | None = None
     message: str | None = None
+    diff: str | None = None  # a changed task's diff (unified), secrets masked
 
 
 @dataclass
@@ -338,6 +345,9 @@ class RunRecord:
     check_mode: bool = False
     verify: str | None = None  # the signature policy the revision was checked under
     signer: str | None = None  # the signature it passed with
+    subject: str | None = None  # the commit's subject line and author
+    author: str | None = None
+    started_by: str | None = None  # who or what started it (user@host, agent: ...)
     id: str = field(default_factory=lambda: new_run_id())
     started_at: float = field(default_factory=time.time)
 
@@ -350,6 +360,7 @@ class Verdict:
     hosts: list[HostResult] = field(default_factory=list)
     tasks: list[TaskResult] = field(default_factory=list)
     transition: Transition | None = None
+    logs: list[tuple[float, str, str]] = field(default_factory=list)  # (ts, level, message)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -487,9 +498,10 @@ class Store:
     def start_run(self, run: RunRecord, artifacts: str | None = None) -> None:
         self.db.execute(
             "INSERT INTO runs (id, env, mode, trigger, ref, revision, status, check_mode,"
-            " started_at, pid, artifacts) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+            " started_at, pid, artifacts, started_by) VALUES (?, ?, ?, ?, ?, ?, 'running', ?,"
+            " ?, ?, ?, ?)",
             (run.id, run.env, str(run.mode), run.trigger, run.ref, run.revision,
-             int(run.check_mode), run.started_at, os.getpid(), artifacts))
+             int(run.check_mode), run.started_at, os.getpid(), artifacts, run.started_by))
         self.db.execute("INSERT OR IGNORE INTO environments (env) VALUES (?)", (run.env,))
 
     def finish_run(self, run: RunRecord, verdict: Verdict) -> None:
@@ -498,17 +510,21 @@ class Store:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute(
                 "UPDATE runs SET status = ?, exit_code = ?, finished_at = ?, message = ?,"
-                " revision = ?, verify = ?, signer = ? WHERE id = ?",
+                " revision = ?, verify = ?, signer = ?, subject = ?, author = ? WHERE id = ?",
                 (str(verdict.status), int(verdict.exit_code), time.time(), verdict.message,
-                 run.revision, run.verify, run.signer, run.id))
+                 run.revision, run.verify, run.signer, run.subject, run.author, run.id))
             self.db.executemany(
                 "INSERT OR REPLACE INTO host_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(run.id, h.host, h.platform, h.outcome, h.ok, h.changed, h.failed,
                   h.unreachable, h.skipped, h.message) for h in verdict.hosts])
             self.db.executemany(
-                "INSERT INTO task_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO task_results (run_id, seq, host, task, role, status, changed,"
+                " duration, message, diff) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(run.id, seq, t.host, t.task, t.role, t.status, int(t.status == "changed"),
-                  t.duration, t.message) for seq, t in enumerate(verdict.tasks)])
+                  t.duration, t.message, t.diff) for seq, t in enumerate(verdict.tasks)])
+            self.db.executemany(
+                "INSERT OR REPLACE INTO run_logs VALUES (?, ?, ?, ?, ?)",
+                [(run.id, seq, *line) for seq, line in enumerate(verdict.logs)])
             if verdict.transition:
                 self._apply(run.env, verdict.transition)
 
@@ -551,6 +567,11 @@ class Store:
     def host_results(self, run_id: str) -> list[dict]:
         return [dict(r) for r in self.db.execute(
             "SELECT * FROM host_results WHERE run_id = ? ORDER BY host", (run_id,))]
+
+    def run_logs(self, run_id: str) -> list[dict]:
+        """The log lines of a run, in order: ts, level, message."""
+        return [dict(r) for r in self.db.execute(
+            "SELECT ts, level, message FROM run_logs WHERE run_id = ? ORDER BY seq", (run_id,))]
 
     def task_results(self, run_id: str) -> list[dict]:
         return [dict(r) for r in self.db.execute(
