@@ -1,0 +1,68 @@
+"""The pages' parts that need no agent: durations for a person, and the actions' sign-in
+and CSRF rules (the pages themselves are loaded in a browser: test_pages.py)."""
+from __future__ import annotations
+
+import pytest
+
+from gitops_ansible.pages import ago
+from gitops_ansible.server import SESSION_COOKIE, Sessions
+
+
+@pytest.mark.parametrize("seconds, shown", [(None, "-"), (0, "0s"), (59.9, "59s"), (60, "1m"),
+                                            (3599, "59m"), (3600, "1h"), (3720, "1h 2m"),
+                                            (86400 * 2 + 3600 * 4, "2d 4h"), (-5, "0s")])
+def test_ago(seconds, shown):
+    assert ago(seconds) == shown
+
+
+@pytest.fixture
+def sessions(tmp_path):
+    token = tmp_path / "actions-token"
+    token.write_text("s3cret-actions-token\n")
+    return Sessions({"actions": True, "actions_token_file": str(token)})
+
+
+def signed_in(sessions) -> tuple[dict, str]:
+    session = sessions.sign_in("s3cret-actions-token")
+    assert session
+    return {"Cookie": f"other=1; {SESSION_COOKIE}={session}", "Host": "127.0.0.1:9420"}, \
+        sessions.csrf(session)
+
+
+def test_actions_are_off_unless_enabled(tmp_path):
+    off = Sessions({"actions": False, "actions_token_file": None})
+    assert off.view({}).actions is False
+    assert off.sign_in("anything") is None
+    assert not off.allowed({"Authorization": "Bearer anything"}, {})
+
+
+def test_a_wrong_token_gets_no_session(sessions):
+    assert sessions.sign_in("s3cret") is None and sessions.sign_in("") is None
+
+
+def test_a_form_needs_the_session_and_its_csrf_value(sessions):
+    headers, csrf = signed_in(sessions)
+    assert sessions.view(headers).signed_in and sessions.view(headers).csrf == csrf
+    assert sessions.allowed(headers, {"csrf": [csrf]})
+    assert not sessions.allowed(headers, {})                          # no CSRF field
+    assert not sessions.allowed(headers, {"csrf": ["0" * 64]})       # a forged one
+    assert not sessions.allowed({"Host": "127.0.0.1:9420"}, {"csrf": [csrf]})  # no cookie
+    other_headers, other_csrf = signed_in(sessions)
+    assert not sessions.allowed(headers, {"csrf": [other_csrf]})  # another session's value
+
+
+def test_a_request_from_another_site_is_refused(sessions):
+    headers, csrf = signed_in(sessions)
+    assert sessions.allowed({**headers, "Origin": "http://127.0.0.1:9420"}, {"csrf": [csrf]})
+    assert not sessions.allowed({**headers, "Origin": "http://evil.example"}, {"csrf": [csrf]})
+
+
+def test_scripts_use_the_bearer_token(sessions):
+    assert sessions.allowed({"Authorization": "Bearer s3cret-actions-token"}, {})
+    assert not sessions.allowed({"Authorization": "Bearer wrong"}, {})
+
+
+def test_a_new_process_knows_no_old_session(sessions, tmp_path):
+    headers, csrf = signed_in(sessions)
+    restarted = Sessions({"actions": True, "actions_token_file": str(tmp_path / "actions-token")})
+    assert not restarted.allowed(headers, {"csrf": [csrf]})
