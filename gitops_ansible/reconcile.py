@@ -144,6 +144,7 @@ def cycle(settings, mode: Mode | str, reporter: Reporter | None = None,
     """
     mode = Mode(mode)
     reporter = reporter or Reporter()
+    reporter.keep_lines()
     cancel = cancel or threading.Event()
     try:
         _interruptible(cancel, True)

@@ -79,7 +79,9 @@ class Reporter:
     def __init__(self, on_event=None):
         self.on_event = on_event
         self.context: dict = {}
-        self.lines: list[tuple[float, str, str]] = []  # (ts, level, message): the run's log
+        # (ts, level, message) of the log lines since keep_lines(): a run's log. A reporter
+        # that lives as long as the agent keeps none.
+        self.lines: list[tuple[float, str, str]] | None = None
 
     def bind(self, **context) -> None:
         self.context.update({k: v for k, v in context.items() if v is not None})
@@ -91,8 +93,13 @@ class Reporter:
         if self.on_event:
             self.on_event(record)
 
+    def keep_lines(self) -> None:
+        """From now on, keep the log lines (a cycle records them with its run)."""
+        self.lines = []
+
     def log(self, message: str, level: str = "info", **fields) -> None:
-        self.lines.append((round(time.time(), 3), level, message))
+        if self.lines is not None:
+            self.lines.append((round(time.time(), 3), level, message))
         self.emit("log", level=level, message=message, **fields)
 
     def task_start(self, task: str, role: str | None) -> None:
