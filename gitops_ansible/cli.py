@@ -358,10 +358,10 @@ def _show_run(settings, run_id: str) -> int:
     if settings.json:
         print(json.dumps(run, indent=2, default=str))
         return ExitCode.OK
-    for key in ("id", "env", "mode", "trigger", "ref", "revision", "verify", "signer", "status",
-                "exit_code", "message", "artifacts"):
-        print(f"{key + ':':<11}{run[key] if run[key] is not None else '-'}")
-    print(f"{'started:':<11}{when(run['started_at'])}  finished: {when(run['finished_at'])}")
+    for key in ("id", "env", "mode", "trigger", "started_by", "ref", "revision", "subject",
+                "author", "verify", "signer", "status", "exit_code", "message", "artifacts"):
+        print(f"{key + ':':<12}{run[key] if run[key] is not None else '-'}")
+    print(f"{'started:':<12}{when(run['started_at'])}  finished: {when(run['finished_at'])}")
     if run["hosts"]:
         print(table(("HOST", "PLATFORM", "OUTCOME", "OK", "CHANGED", "FAILED", "UNREACHABLE",
                      "MESSAGE"),
