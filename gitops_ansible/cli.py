@@ -415,7 +415,7 @@ def cmd_sync(args) -> int:
         return fail(f"sync: --agent {url!r}: expected the agent's address as "
                     "http://HOST:PORT", ExitCode.REFUSED)
     request = urllib.request.Request(f"{url.rstrip('/')}/api/v1/sync/{args.name}", method="POST",
-                                     data=b"")
+                                     data=b"{}", headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             answer = json.loads(response.read())

@@ -404,9 +404,11 @@ def _table(data: dict, schema: dict, where: str) -> dict:
 def _check_pages(path: str, agent: dict) -> None:
     """[agent] external_url is an http(s) URL without credentials; actions need a token."""
     url = agent["external_url"]
-    if url is not None and not re.fullmatch(r"https?://[^\s/@]+(/\S*)?", url):
-        raise ConfigError(f"{path}: [agent]", "external_url", "an http:// or https:// URL "
-                          "without credentials, such as https://gitops.example.com/", url)
+    # The pages link from the root of their host: a path prefix would break them.
+    if url is not None and not re.fullmatch(r"https?://[^\s/@]+/?", url):
+        raise ConfigError(f"{path}: [agent]", "external_url", "an http:// or https:// URL of a "
+                          "host name the agent is served at the root of, without credentials "
+                          "or a path, such as https://gitops.example.com/", url)
     if agent["actions"] and not agent["actions_token_file"]:
         raise ConfigError(f"{path}: [agent]", "actions_token_file", "a file holding the "
                           "actions token (actions = true)")

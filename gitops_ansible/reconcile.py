@@ -140,7 +140,7 @@ def cycle(settings, mode: Mode | str, reporter: Reporter | None = None,
     recorded with the run (schedule, manual, ci, webhook:..., sync, drift, heal; default
     manual); ``on_start`` is called with the ``RunRecord`` when a changing run of a known
     revision starts, once its revision has passed the signature policy; ``started_by``
-    (who or what started it: ``user@host``, ``agent: webhook:github``) is recorded.
+    (who or what started it: ``user@host``, ``agent@host``) is recorded.
     """
     mode = Mode(mode)
     reporter = reporter or Reporter()

@@ -234,6 +234,9 @@ class Sessions:
     def __init__(self, agent_options: dict):
         self.enabled = bool(agent_options["actions"])
         self.token_file = agent_options["actions_token_file"]
+        external = urllib.parse.urlsplit(agent_options["external_url"] or "")
+        self.secure = external.scheme == "https"  # the cookie goes over HTTPS only
+        self.external_host = external.netloc  # a proxy may pass on its own Host header
         self.key = secrets.token_bytes(32)
         self.ids: dict[str, float] = {}
         self.lock = threading.Lock()
@@ -279,11 +282,29 @@ class Sessions:
         if bearer and hmac.compare_digest(bearer.encode(), self._token().encode()):
             return True
         session = self._session(headers)
-        origin = headers.get("Origin")
-        if origin and urllib.parse.urlsplit(origin).netloc != headers.get("Host"):
+        if not same_site(headers, self.external_host):
             return False
         given = (form.get("csrf") or [""])[0]
         return bool(session) and hmac.compare_digest(given, self.csrf(session))
+
+
+def same_site(headers, external_host: str = "") -> bool:
+    """The request came from a page of this agent, as far as the browser says: an Origin
+    header, when there is one, names the agent's host (as asked, or its external URL's)."""
+    origin = headers.get("Origin")
+    return not origin or urllib.parse.urlsplit(origin).netloc in {headers.get("Host"),
+                                                                  external_host}
+
+
+# Content types a page of any site may POST without the browser asking first (CORS
+# "simple" requests): an API request carrying one of them could be cross-site.
+SIMPLE_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
+
+
+def cross_site_api(headers, external_host: str) -> bool:
+    """A POST to the JSON API that a page of another site could have sent."""
+    kind = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    return kind in SIMPLE_TYPES or not same_site(headers, external_host)
 
 
 def action(agent, kind: str, name: str, form: dict) -> tuple[int, str]:
@@ -354,8 +375,10 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(303)
         self.send_header("Location", where)
         if cookie:
+            secure = "; Secure" if self.agent.sessions.secure else ""
             self.send_header("Set-Cookie", f"{SESSION_COOKIE}={cookie}; HttpOnly; "
-                                           f"SameSite=Strict; Path=/; Max-Age={SESSION_SECONDS}")
+                                           f"SameSite=Strict; Path=/; Max-Age={SESSION_SECONDS}"
+                                           f"{secure}")
         self.send_header("Content-Length", "0")
         self.end_headers()
 
@@ -435,6 +458,10 @@ class Handler(BaseHTTPRequestHandler):
                     self._redirect(where)
                 else:
                     self._send(code, where + "\n", "text/plain")
+        elif path.startswith("/api/v1/sync/") and cross_site_api(
+                self.headers, agent.sessions.external_host):
+            self._send(403, {"error": "a form or text body, or another site's Origin: send no "
+                                      "body or Content-Type: application/json"})
         elif path.startswith("/api/v1/sync/"):
             names = agent.trigger(_named(agent, path.rsplit("/", 1)[1]), "sync")
             self._send(202 if names else 404, {"triggered": names} if names else

@@ -347,7 +347,7 @@ class RunRecord:
     signer: str | None = None  # the signature it passed with
     subject: str | None = None  # the commit's subject line and author
     author: str | None = None
-    started_by: str | None = None  # who or what started it (user@host, agent: ...)
+    started_by: str | None = None  # who or what started it (user@host, agent@host)
     id: str = field(default_factory=lambda: new_run_id())
     started_at: float = field(default_factory=time.time)
 

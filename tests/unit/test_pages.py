@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gitops_ansible.pages import ago
-from gitops_ansible.server import SESSION_COOKIE, Sessions
+from gitops_ansible.server import SESSION_COOKIE, Sessions, cross_site_api
 
 
 @pytest.mark.parametrize("seconds, shown", [(None, "-"), (0, "0s"), (59.9, "59s"), (60, "1m"),
@@ -19,7 +19,8 @@ def test_ago(seconds, shown):
 def sessions(tmp_path):
     token = tmp_path / "actions-token"
     token.write_text("s3cret-actions-token\n")
-    return Sessions({"actions": True, "actions_token_file": str(token)})
+    return Sessions({"actions": True, "actions_token_file": str(token),
+                     "external_url": "https://gitops.example.com/"})
 
 
 def signed_in(sessions) -> tuple[dict, str]:
@@ -30,7 +31,7 @@ def signed_in(sessions) -> tuple[dict, str]:
 
 
 def test_actions_are_off_unless_enabled(tmp_path):
-    off = Sessions({"actions": False, "actions_token_file": None})
+    off = Sessions({"actions": False, "actions_token_file": None, "external_url": None})
     assert off.view({}).actions is False
     assert off.sign_in("anything") is None
     assert not off.allowed({"Authorization": "Bearer anything"}, {})
@@ -55,6 +56,20 @@ def test_a_request_from_another_site_is_refused(sessions):
     headers, csrf = signed_in(sessions)
     assert sessions.allowed({**headers, "Origin": "http://127.0.0.1:9420"}, {"csrf": [csrf]})
     assert not sessions.allowed({**headers, "Origin": "http://evil.example"}, {"csrf": [csrf]})
+    # behind a proxy that passes on its own Host, the page's origin is the external URL's
+    proxied = {**headers, "Host": "127.0.0.1:9420", "Origin": "https://gitops.example.com"}
+    assert sessions.allowed(proxied, {"csrf": [csrf]}) and sessions.secure
+
+
+@pytest.mark.parametrize("headers, refused", [
+    ({}, False), ({"Content-Type": "application/json"}, False),
+    ({"Content-Type": "application/x-www-form-urlencoded"}, True),
+    ({"Content-Type": "text/plain;charset=UTF-8"}, True),
+    ({"Content-Type": "multipart/form-data"}, True),
+    ({"Content-Type": "application/json", "Origin": "http://evil.example", "Host": "a:1"}, True),
+])
+def test_the_sync_api_refuses_what_another_site_could_send(headers, refused):
+    assert cross_site_api(headers, "") is refused
 
 
 def test_scripts_use_the_bearer_token(sessions):
@@ -64,5 +79,6 @@ def test_scripts_use_the_bearer_token(sessions):
 
 def test_a_new_process_knows_no_old_session(sessions, tmp_path):
     headers, csrf = signed_in(sessions)
-    restarted = Sessions({"actions": True, "actions_token_file": str(tmp_path / "actions-token")})
+    restarted = Sessions({"actions": True, "actions_token_file": str(tmp_path / "actions-token"),
+                          "external_url": None})
     assert not restarted.allowed(headers, {"csrf": [csrf]})
