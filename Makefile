@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := git openssh-server openssh-client debootstrap iproute2 openssl systemd systemd-container postgresql \
                 util-linux procps ca-certificates qemu-system-x86 qemu-utils libvirt-clients \
-                libvirt-daemon-system libvirt-daemon-system-sysv libvirt-dev pkg-config gcc
+                libvirt-daemon-system libvirt-daemon-system-sysv libvirt-dev pkg-config gcc chromium
 PYTEST_ARGS ?=
 # pytest-xdist workers for `make test` (0: no workers, everything in one process)
 PYTEST_WORKERS ?= 3
