@@ -261,8 +261,12 @@ class Agent:
             self.notifier.commit_status(src.commit_status, env, run.revision,
                                         *started_status(env), run.id)
 
-        result = cycle(self._settings(state, force=force or src.settings.force), Mode.PULL,
-                       self._reporter(env=env), trigger, self.cancel, on_start, self.who)
+        # Diffs are recorded for the run's page unless the source turns them off (diff =
+        # false); the agent's log does not print them.
+        diff = src.settings.diff or src.settings.sources.get("diff", "default") == "default"
+        result = cycle(self._settings(state, force=force or src.settings.force, diff=diff),
+                       Mode.PULL, self._reporter(env=env), trigger, self.cancel, on_start,
+                       self.who)
         self.metrics.inc("gitops_ansible_cycles_total", env=env, result=result.status)
         if result.run_id and result.status not in (RunStatus.NOTHING, RunStatus.SUSPENDED):
             self.metrics.observe(env, time.monotonic() - started)

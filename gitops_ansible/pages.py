@@ -22,6 +22,7 @@ from pathlib import Path
 import jinja2
 
 from .records import history, run_detail, short, short_signer, status, when
+from .report import plural
 from .source import redact_url
 from .store import FAILED_OUTCOMES, Store
 
@@ -32,7 +33,8 @@ HISTORY = 30          # runs shown on an environment's page
 _ENV = jinja2.Environment(loader=jinja2.PackageLoader("gitops_ansible", "templates"),
                           autoescape=True, trim_blocks=True, lstrip_blocks=True,
                           undefined=jinja2.StrictUndefined)
-_ENV.filters.update(short=short, signer=short_signer, when=when, redact=redact_url)
+_ENV.filters.update(short=short, signer=short_signer, when=when, redact=redact_url,
+                    plural=plural)
 
 
 def ago(seconds: float | None) -> str:
@@ -47,7 +49,12 @@ def ago(seconds: float | None) -> str:
     return f"{seconds // 60}m" if seconds >= 60 else f"{seconds}s"
 
 
-_ENV.filters["ago"] = ago
+def took(seconds: float) -> str:
+    """A run's duration: tenths under a minute (as `history` shows it), else as ``ago``."""
+    return f"{seconds:.1f}s" if seconds < 60 else ago(seconds)
+
+
+_ENV.filters.update(ago=ago, took=took)
 
 
 def render(template: str, **context) -> str:

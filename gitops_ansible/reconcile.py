@@ -574,26 +574,25 @@ class Cycle:
 
     # -- record -> report ---------------------------------------------------------------
     def _finish(self, verdict: Verdict, stop: Stop | None) -> Result:
-        """Record the run and its state transition once, then report it."""
+        """Report the run, then record it and its state transition once, with what was
+        said (its log)."""
         if self.fetch_error:  # --force went past a failed fetch: the state keeps saying so
             self._then(verdict, Transition.fetch_failed(self.fetch_error, time.time()))
         if self.target:  # what the gate held back, as this cycle found it
             self._then(verdict, Transition.held(self.target.candidate, self.target.waiting,
                                                 self.ahead, self.tip))
-        if self.run_record:
-            final = [] if stop and stop.logged else [(round(time.time(), 3), _level(verdict),
-                                                      verdict.message)]
-            verdict.logs = [(ts, level, self.redactor.scrub(text))
-                            for ts, level, text in self.reporter.lines + final]
-            self.store.finish_run(self.run_record, verdict)
-        elif verdict.transition:
-            self.store.apply(self.env, verdict.transition)
         if self.converged:
             self.reporter.summary(verdict.hosts)
             if self.check and verdict.tasks:
                 self.reporter.pending(would_change(verdict.tasks), drift=self.mode is Mode.DRIFT)
         if not (stop and stop.logged):
             self.reporter.log(verdict.message, _level(verdict))
+        if self.run_record:
+            verdict.logs = [(ts, level, self.redactor.scrub(text))
+                            for ts, level, text in self.reporter.lines]
+            self.store.finish_run(self.run_record, verdict)
+        elif verdict.transition:
+            self.store.apply(self.env, verdict.transition)
         if self.converged:
             self._retention()
         run = self.run_record

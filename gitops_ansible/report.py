@@ -74,32 +74,65 @@ class Reporter:
     """The listener of a run. Every log line, task start, task result and host summary
     becomes one event (a dict carrying ``event``, ``ts`` and the bound context: ``run_id``,
     ``env``, ``revision``), passed to ``on_event``. Without ``on_event`` it is silent: the
-    library prints nothing unless given a reporter that does."""
+    library prints nothing unless given a reporter that does. ``describe`` says each event
+    as lines for a person: what the console prints and what a run keeps as its log."""
 
     def __init__(self, on_event=None):
         self.on_event = on_event
         self.context: dict = {}
-        # (ts, level, message) of the log lines since keep_lines(): a run's log. A reporter
+        # (ts, level, text) of what was said since keep_lines(): a run's log. A reporter
         # that lives as long as the agent keeps none.
         self.lines: list[tuple[float, str, str]] | None = None
+        self._rows: list = []  # host results, said as one table by the summary
 
     def bind(self, **context) -> None:
         self.context.update({k: v for k, v in context.items() if v is not None})
+
+    def keep_lines(self) -> None:
+        """From now on, keep what is said (a cycle records it with its run)."""
+        self.lines = []
 
     def emit(self, event: str, **fields) -> None:
         self.handle({"ts": round(time.time(), 3), "event": event, **self.context, **fields})
 
     def handle(self, record: dict) -> None:
+        said = self.describe(record)
+        if self.lines is not None:
+            self.lines.extend((record["ts"], level, text) for level, text in said)
+        self.show(record, said)
         if self.on_event:
             self.on_event(record)
 
-    def keep_lines(self) -> None:
-        """From now on, keep the log lines (a cycle records them with its run)."""
-        self.lines = []
+    def show(self, record: dict, said: list[tuple[str, str]]) -> None:
+        """Where a subclass prints an event; here, nowhere."""
+
+    def describe(self, record: dict) -> list[tuple[str, str]]:
+        """An event as (level, text) lines for a person; none for a skipped task."""
+        event = record["event"]
+        if event == "log":
+            return [(record["level"], record["message"])]
+        if event == "task_start":
+            role, task = record.get("role"), record.get("task", "")
+            return [("info", f"TASK {role} : {task}" if role else f"TASK {task}")]
+        if event == "task_result" and record["status"] != "skipped":  # skips: noise here
+            took = f" ({record['duration']:.1f}s)" if record.get("duration") else ""
+            line = f"  {record['host']:<20} {record['status']:<11}{took}"
+            return [("info", line + (f"  {record['message']}" if record.get("message") else ""))]
+        if event == "host_result":
+            self._rows.append((record["host"], record["platform"] or "-", record["ok"],
+                               record["changed"], record["failed"], record["unreachable"],
+                               record["skipped"], record["outcome"], record["message"] or ""))
+        elif event == "summary":
+            rows, self._rows = self._rows, []
+            return [("info", table(("HOST", "PLATFORM", "OK", "CHANGED", "FAILED",
+                                    "UNREACHABLE", "SKIPPED", "OUTCOME", "MESSAGE"), rows))]
+        elif event in ("drift", "pending_changes"):
+            lead = "drift on {}: " if event == "drift" else "{} would change: "
+            return [("info", lead.format(host) + "; ".join(tasks))
+                    for host, tasks in sorted(record["hosts"].items())]
+        return []
 
     def log(self, message: str, level: str = "info", **fields) -> None:
-        if self.lines is not None:
-            self.lines.append((round(time.time(), 3), level, message))
         self.emit("log", level=level, message=message, **fields)
 
     def task_start(self, task: str, role: str | None) -> None:
@@ -132,14 +165,16 @@ class ConsoleReporter(Reporter):
         super().__init__(on_event)
         self.json_mode, self.show_diff, self.tagged = json_mode, show_diff, tagged
         self.out, self.err = out or sys.stdout, err or sys.stderr
-        self._rows: list = []
 
-    def handle(self, record: dict) -> None:
-        super().handle(record)
+    def show(self, record: dict, said: list[tuple[str, str]]) -> None:
         if self.json_mode:
             self._json(record)
-        else:
-            self._text(record)
+            return
+        for level, text in said:
+            if record["event"] == "task_result" and record.get("diff") and self.show_diff:
+                text += "\n" + render_diff(record["diff"]).rstrip("\n")
+            stream = self.err if level in ("error", "warning") else self.out
+            self._write(stream, ("" if level == "info" else f"{level}: ") + text)
 
     def _json(self, record: dict) -> None:
         if record["event"] in ("task_start", "summary"):
@@ -147,39 +182,6 @@ class ConsoleReporter(Reporter):
         line = {k: v for k, v in record.items() if k != "diff"}
         self.out.write(json.dumps(line, default=str) + "\n")
         self.out.flush()
-
-    def _text(self, record: dict) -> None:
-        event = record["event"]
-        if event == "log":
-            level = record["level"]
-            stream = self.err if level in ("error", "warning") else self.out
-            self._write(stream, ("" if level == "info" else f"{level}: ") + record["message"])
-        elif event == "task_start":
-            role, task = record.get("role"), record.get("task", "")
-            self._write(self.out, f"TASK {role} : {task}" if role else f"TASK {task}")
-        elif event == "task_result" and record["status"] != "skipped":  # skips: noise here
-            self._write(self.out, self._result_line(record))
-        elif event == "host_result":
-            self._rows.append((record["host"], record["platform"] or "-", record["ok"],
-                               record["changed"], record["failed"], record["unreachable"],
-                               record["skipped"], record["outcome"], record["message"] or ""))
-        elif event == "summary":
-            rows, self._rows = self._rows, []
-            self._write(self.out, table(("HOST", "PLATFORM", "OK", "CHANGED", "FAILED",
-                                         "UNREACHABLE", "SKIPPED", "OUTCOME", "MESSAGE"), rows))
-        elif event in ("drift", "pending_changes"):
-            lead = "drift on {}: " if event == "drift" else "{} would change: "
-            for host, tasks in sorted(record["hosts"].items()):
-                self._write(self.out, lead.format(host) + "; ".join(tasks))
-
-    def _result_line(self, record: dict) -> str:
-        took = f" ({record['duration']:.1f}s)" if record.get("duration") else ""
-        line = f"  {record['host']:<20} {record['status']:<11}{took}"
-        if record.get("message"):
-            line += f"  {record['message']}"
-        if record.get("diff") and self.show_diff:
-            line += "\n" + render_diff(record["diff"]).rstrip("\n")
-        return line
 
     def _write(self, stream, text: str) -> None:
         """Write lines; a tagged reporter (the agent) starts each with time, env, revision
@@ -194,7 +196,6 @@ class ConsoleReporter(Reporter):
             text += "\n"
         stream.write(text)
         stream.flush()
-
 
 
 def plural(count: int, word: str) -> str:

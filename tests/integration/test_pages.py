@@ -242,7 +242,7 @@ def story(git_servers, browser, tmp_path_factory):
         status = {"kind": "github", "repository": "org/estate", "token_file": str(token),
                   "api_url": api.url("/api")}
         agent = AgentProcess(tmp, tmp / "state", [source(
-            estate, git_servers, vault_password_file=str(password), diff=True,
+            estate, git_servers, vault_password_file=str(password),
             drift_interval=1, retry_base="1h", retry_max="1h", commit_status=status)],
             agent={"external_url": EXTERNAL, "alert_interval": 0},
             notify=[{"kind": "webhook", "url": api.url("/generic")}]).start()
@@ -370,7 +370,7 @@ def test_failed_run_page_shows_cause_tasks_diff_log_and_who(story):
     summary = fields(page.root.find("table")[0])
     assert summary["Trigger"] == "sync" and summary["Started by"] == WHO
     assert summary["Revision"] == f"{story.broken} alpha: greet into a file (Ana Lima)"
-    assert summary["Environment"] == "dev" and re.fullmatch(r"\d+s", summary["Duration"])
+    assert summary["Environment"] == "dev" and re.fullmatch(r"\d+\.\ds", summary["Duration"])
     assert row_of(page.section("Targets"), "alpha")[1:3] == ["local", "failed"]
     assert row_of(page.section("Targets"), "beta")[1:3] == ["local", "changed"]
 

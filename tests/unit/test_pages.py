@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gitops_ansible.pages import ago
+from gitops_ansible.pages import ago, took
 from gitops_ansible.server import SESSION_COOKIE, Sessions, cross_site_api
 
 
@@ -13,6 +13,10 @@ from gitops_ansible.server import SESSION_COOKIE, Sessions, cross_site_api
                                             (86400 * 2 + 3600 * 4, "2d 4h"), (-5, "0s")])
 def test_ago(seconds, shown):
     assert ago(seconds) == shown
+
+
+def test_a_run_takes_tenths_under_a_minute():
+    assert (took(1.96), took(59.94), took(61)) == ("2.0s", "59.9s", "1m")
 
 
 @pytest.fixture
