@@ -72,6 +72,7 @@ def overview(agent, session) -> str:
                 else None
             rows.append({"source": state.source, "state": state, "env": env,
                          "applied": applied,
+                         "retry_in": state.next_cycle - time.monotonic(),
                          "since_success": time.time() - state.last_success
                          if state.last_success else None})
     return render("overview.html", rows=rows, session=session, refresh=REFRESH,

@@ -589,7 +589,7 @@ class Cycle:
             self.reporter.log(verdict.message, _level(verdict))
         if self.run_record:
             verdict.logs = [(ts, level, self.redactor.scrub(text))
-                            for ts, level, text in self.reporter.lines]
+                            for ts, level, text in kept(self.reporter.lines)]
             self.store.finish_run(self.run_record, verdict)
         elif verdict.transition:
             self.store.apply(self.env, verdict.transition)
@@ -622,6 +622,17 @@ class Cycle:
 
 
 CONVERGED = (RunStatus.CHANGED, RunStatus.UNCHANGED, RunStatus.FAILED)
+LOG_HEAD, LOG_TAIL = 1000, 4000  # a run's log lines kept in the store: its start and end
+
+
+def kept(lines: list) -> list:
+    """A run's log as stored: all of it, or its start and its end with a line saying how
+    many were left out between."""
+    if len(lines) <= LOG_HEAD + LOG_TAIL:
+        return lines
+    gap = (lines[LOG_HEAD][0], "warning",
+           f"... {len(lines) - LOG_HEAD - LOG_TAIL} lines left out here ...")
+    return lines[:LOG_HEAD] + [gap] + lines[-LOG_TAIL:]
 
 
 def judge(outcome, hosts, mode: Mode, check: bool) -> tuple[RunStatus, str]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import math
 import secrets
@@ -236,7 +237,8 @@ class Sessions:
         self.token_file = agent_options["actions_token_file"]
         external = urllib.parse.urlsplit(agent_options["external_url"] or "")
         self.secure = external.scheme == "https"  # the cookie goes over HTTPS only
-        self.external_host = external.netloc  # a proxy may pass on its own Host header
+        # a proxy may pass on its own Host header
+        self.external_host = _host(external.netloc, external.scheme)
         self.key = secrets.token_bytes(32)
         self.ids: dict[str, float] = {}
         self.lock = threading.Lock()
@@ -288,12 +290,54 @@ class Sessions:
         return bool(session) and hmac.compare_digest(given, self.csrf(session))
 
 
+def _host(netloc: str | None, scheme: str = "http") -> str:
+    """host[:port] lowercased, the scheme's default port dropped ('' for none)."""
+    host = (netloc or "").strip().lower()
+    default = {"http": ":80", "https": ":443"}.get(scheme, "")
+    return host[:-len(default)] if default and host.endswith(default) else host
+
+
 def same_site(headers, external_host: str = "") -> bool:
     """The request came from a page of this agent, as far as the browser says: an Origin
-    header, when there is one, names the agent's host (as asked, or its external URL's)."""
+    header, when there is one, names the agent's host (as asked, or its external URL's).
+    ``Origin: null`` (a sandboxed frame, a file) is another site."""
     origin = headers.get("Origin")
-    return not origin or urllib.parse.urlsplit(origin).netloc in {headers.get("Host"),
-                                                                  external_host}
+    if not origin:
+        return True
+    parts = urllib.parse.urlsplit(origin)
+    return _host(parts.netloc, parts.scheme) in {_host(headers.get("Host")),
+                                                 _host(headers.get("Host"), "https"),
+                                                 external_host} - {""}
+
+
+def _name(host: str) -> str:
+    """The host name or address of host[:port] ([v6]:port included)."""
+    if host.startswith("["):
+        return host[1:].split("]")[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def host_allowed(headers, external_host: str = "") -> bool:
+    """The Host a request for the pages or the API names is this agent's: an IP address,
+    localhost, or the external URL's host. Another site's name (DNS rebinding to
+    127.0.0.1, which would let its pages read these) is not."""
+    name = _name(_host(headers.get("Host")))
+    if name and name in ("localhost", _name(external_host)):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+# What a page of another site must not read or drive through a name of its own; the
+# webhooks check their signatures, health and metrics hold nothing of the estate.
+GUARDED = ("/", "/env/", "/runs/", "/login", "/actions/", "/api/")
+
+
+def guarded(path: str) -> bool:
+    return path == "/" or any(path.startswith(prefix) for prefix in GUARDED[1:])
 
 
 # Content types a page of any site may POST without the browser asking first (CORS
@@ -307,13 +351,14 @@ def cross_site_api(headers, external_host: str) -> bool:
     return kind in SIMPLE_TYPES or not same_site(headers, external_host)
 
 
-def action(agent, kind: str, name: str, form: dict) -> tuple[int, str]:
-    """Run one page action; (HTTP code, where to go back to, or the error)."""
-    state = next((s for s in agent.states.values() if name in (s.source.name, s.env)), None)
+def action(agent, kind: str, env: str, form: dict) -> tuple[int, str]:
+    """Run one page action on an environment; (HTTP code, where to go back to, or the
+    error)."""
+    state = next((s for s in agent.states.values() if s.env == env), None)
     if state is None:
-        return 404, "no such source or environment"
+        return 404, "no such environment"
     if kind == "sync":
-        agent.trigger([state.source.name], "sync")
+        agent.trigger([s.source.name for s in agent.states.values() if s.env == env], "sync")
     elif kind == "suspend":
         reason = (form.get("reason") or [""])[0].strip()
         if not reason:
@@ -401,12 +446,16 @@ class Handler(BaseHTTPRequestHandler):
     def _get(self) -> None:
         agent, path = self.agent, self.path.split("?")[0].rstrip("/") or "/"
         session = agent.sessions.view(self.headers)
-        if path == "/":
+        parts = path.split("/")
+        if guarded(path) and not host_allowed(self.headers, agent.sessions.external_host):
+            self._send(421, {"error": "this agent does not answer to that Host name"})
+        elif path == "/":
             self._page(pages.overview(agent, session))
-        elif path.startswith("/env/"):
-            self._page(pages.environment(agent, path.rsplit("/", 1)[1], session))
-        elif path.startswith("/runs/"):
-            self._page(pages.run(agent, path.rsplit("/", 1)[1], session))
+        elif parts[1] == "env":
+            self._page(pages.environment(agent, parts[2], session) if len(parts) == 3
+                       else None)
+        elif parts[1] == "runs":
+            self._page(pages.run(agent, parts[2], session) if len(parts) == 3 else None)
         elif path == "/login":
             self._page(pages.login(session))
         elif path == "/healthz":
@@ -435,6 +484,9 @@ class Handler(BaseHTTPRequestHandler):
             self._send(413, {"error": "payload too large"})
             return
         body = self.rfile.read(length) if length else b""
+        if guarded(path) and not host_allowed(self.headers, agent.sessions.external_host):
+            self._send(421, {"error": "this agent does not answer to that Host name"})
+            return
         form = urllib.parse.parse_qs(body.decode(errors="replace")) if path == "/login" or \
             path.startswith("/actions/") else {}
         if path == "/login":

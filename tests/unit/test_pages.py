@@ -86,3 +86,29 @@ def test_a_new_process_knows_no_old_session(sessions, tmp_path):
     restarted = Sessions({"actions": True, "actions_token_file": str(tmp_path / "actions-token"),
                           "external_url": None})
     assert not restarted.allowed(headers, {"csrf": [csrf]})
+
+
+def test_a_long_log_keeps_its_start_and_its_end():
+    from gitops_ansible.reconcile import LOG_HEAD, LOG_TAIL, kept
+
+    lines = [(float(i), "info", f"line {i}") for i in range(LOG_HEAD + LOG_TAIL + 250)]
+    stored = kept(lines)
+    assert len(stored) == LOG_HEAD + LOG_TAIL + 1
+    assert stored[0] == lines[0] and stored[-1] == lines[-1]
+    assert stored[LOG_HEAD][2] == "... 250 lines left out here ..."
+    assert kept(lines[:10]) == lines[:10]
+
+
+@pytest.mark.parametrize("host, allowed", [
+    ("127.0.0.1:9420", True), ("localhost:9420", True), ("[::1]:9420", True),
+    ("198.51.100.3", True), ("gitops.example.com", True), ("GitOps.Example.com:443", True),
+    ("evil.example:9420", False), ("gitops.example.com.evil.example", False), ("", False)])
+def test_the_pages_answer_only_to_the_agents_own_host_names(host, allowed):
+    from gitops_ansible.server import host_allowed
+    assert host_allowed({"Host": host}, "gitops.example.com") is allowed
+
+
+def test_origin_null_is_another_site():
+    from gitops_ansible.server import same_site
+    assert not same_site({"Host": "127.0.0.1:9420", "Origin": "null"})
+    assert same_site({"Host": "127.0.0.1:9420", "Origin": "http://127.0.0.1:9420"})
