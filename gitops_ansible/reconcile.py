@@ -87,16 +87,23 @@ def _interruptible(cancel, flag: bool) -> None:
 
 
 class Lock:
-    """An exclusive flock on a file; the holder writes its pid and run into it."""
+    """An exclusive flock on a file; the holder writes its pid and start into it."""
 
     def __init__(self, path: Path):
         self.path, self.fd = path, None
 
     def holder(self) -> str:
-        try:
-            return self.path.read_text().strip() or "unknown"
-        except OSError:
-            return "unknown"
+        """Who holds the lock, as its line says. A holder writes its line just after it
+        locked: an empty file is read again for a moment before it counts as unknown."""
+        for _ in range(20):
+            try:
+                line = self.path.read_text().partition("\n")[0].strip()
+            except OSError:
+                return "unknown"
+            if line:
+                return line
+            time.sleep(0.01)
+        return "unknown"
 
     def acquire(self, wait: bool, timeout: float, on_wait=None) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,9 +122,12 @@ class Lock:
                     told = True
                 time.sleep(0.2)
         self.fd = fd
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
-                 .encode())
+        # One write over what was there, then the cut: a reader never finds the file
+        # emptied by its new holder.
+        line = (f"pid {os.getpid()} since "
+                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n").encode()
+        os.pwrite(fd, line, 0)
+        os.ftruncate(fd, len(line))
         return True
 
     def release(self) -> None:

@@ -8,6 +8,7 @@ and the agent's HTTP view serves. Every function takes the state directory
 """
 from __future__ import annotations
 
+import os
 import time
 from contextlib import closing
 from dataclasses import dataclass
@@ -45,14 +46,35 @@ def short_signer(signer) -> str:
     return f"{kind} {key[-16:] if kind == 'openpgp' else key[:19]}"
 
 
+def alive(pid) -> bool:
+    """A process with this pid runs on this machine."""
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, TypeError, ValueError):
+        return False
+    except PermissionError:  # someone else's: it exists
+        return True
+    return True
+
+
 @dataclass(frozen=True)
 class EnvStatus:
     state: EnvState
     last_run: dict | None
 
+    @property
+    def dead_run(self) -> bool:
+        """The last run says `running`, but its process is gone (killed): the next cycle
+        records it interrupted."""
+        run = self.last_run
+        return bool(run) and run["status"] == "running" and not alive(run["pid"])
+
     def attention(self) -> list[str]:
         """What a person should look at, most pressing first."""
         state, notes = self.state, []
+        if self.dead_run:
+            notes.append(f"run {self.last_run['id']} died: its process {self.last_run['pid']} "
+                         "is gone; the next cycle records it interrupted and converges again")
         if state.suspended:
             notes.append(f"suspended since {when(state.suspended_at)}: {state.suspended_reason}")
         if state.pinned:
@@ -73,7 +95,7 @@ class EnvStatus:
 
     def as_dict(self) -> dict:
         return {**self.state.as_dict(), "last_run": self.last_run,
-                "attention": self.attention()}
+                "dead_run": self.dead_run, "attention": self.attention()}
 
 
 def status(state_dir: Path, env: str | None = None) -> list[EnvStatus]:

@@ -161,6 +161,7 @@ def fetch(settings, revision: str, tags: bool = False) -> str:
     if not (mirror / "HEAD").exists():
         mirror.parent.mkdir(parents=True, exist_ok=True)
         git.Repo.init(mirror, bare=True)
+    clean_leftovers(mirror)
     # --prune: a tag deleted on the remote no longer counts for a tag policy
     fetch = ["fetch", "--quiet", "--no-tags", *(["--prune"] if tags else []), "--",
              settings.repo]
@@ -183,6 +184,22 @@ def fetch(settings, revision: str, tags: bool = False) -> str:
         # The ref moved between ls-remote and fetch: converge what was fetched.
         return fetched
     return revision
+
+
+def clean_leftovers(mirror: Path) -> list[Path]:
+    """Remove what an interrupted fetch left in the mirror: git's temporary pack and index
+    files (``objects/pack/tmp_*``, ``.tmp-*``) and quarantine directories, which no git
+    command removes and which can be as large as the repository. The environment's lock is
+    held: no other fetch writes them now. Returns what was removed."""
+    objects = mirror / "objects"
+    found = [*objects.glob("pack/tmp_*"), *objects.glob("pack/.tmp-*"),
+             *objects.glob("tmp_objdir-incoming-*"), *objects.glob("incoming-*")]
+    for path in found:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return found
 
 
 def _has_commit(repo: Path, revision: str) -> bool:

@@ -113,3 +113,26 @@ def test_local_revision_does_not_write_the_users_index(tmp_path):
     before = stale_index()
     assert source.local_revision(repo) == git("rev-parse", "HEAD").stdout.strip()
     assert (repo / ".git" / "index").stat().st_mtime_ns == before
+
+
+def test_a_fetch_removes_what_an_interrupted_fetch_left(tmp_path, monkeypatch):
+    require(shutil.which("git") is not None, "git is not installed")
+    git_home(tmp_path, monkeypatch)
+    origin = tmp_path / "origin"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(origin)], check=True)
+    subprocess.run(["git", "-C", str(origin), "-c", "user.email=t@example.invalid", "-c",
+                    "user.name=t", "commit", "-q", "--allow-empty", "-m", "one"], check=True)
+    settings = make_settings(repo=f"file://{origin}", ref="main", env="dev",
+                             state_dir=str(tmp_path / "state"))
+    revision = source.resolve(settings)
+    assert source.fetch(settings, revision) == revision
+    pack = source.mirror_path(settings) / "objects" / "pack"
+    leftovers = [pack / "tmp_pack_a1B2c3", pack / "tmp_idx_d4E5f6"]
+    for path in leftovers:  # what git leaves when it is killed mid-fetch
+        path.write_bytes(b"\0" * 4096)
+    quarantine = source.mirror_path(settings) / "objects" / "tmp_objdir-incoming-x1"
+    quarantine.mkdir()
+    (quarantine / "pack").mkdir()
+    assert source.fetch(settings, revision) == revision
+    assert not any(path.exists() for path in leftovers) and not quarantine.exists()
+    assert source._has_commit(source.mirror_path(settings), revision), "the objects stay"

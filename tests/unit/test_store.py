@@ -1,4 +1,5 @@
 """The run store: a killed run is marked interrupted; results land in one transaction."""
+import os
 import sqlite3
 import subprocess
 import sys
@@ -60,3 +61,21 @@ def test_a_version_1_store_is_upgraded_in_place_and_keeps_its_records(tmp_path):
     with closing(Store(path)) as again:  # opening once more changes nothing
         assert len(again.applied_history("prod")) == 1
         assert again.env_state("prod").pinned_reason == "hold"
+
+
+def test_status_shows_a_run_whose_process_is_gone(tmp_path):
+    from gitops_ansible import records
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with closing(Store(tmp_path / "runs.db")) as store:
+        run = RunRecord(env="dev", mode=Mode.PULL, trigger="schedule", revision="a" * 40)
+        store.start_run(run)
+        store.db.execute("UPDATE runs SET pid = ? WHERE id = ?", (gone.pid, run.id))
+    [env] = records.status(tmp_path)
+    assert env.dead_run and env.as_dict()["dead_run"] is True
+    assert env.attention()[0] == (f"run {run.id} died: its process {gone.pid} is gone; the "
+                                  "next cycle records it interrupted and converges again")
+    with closing(Store(tmp_path / "runs.db")) as store:  # a live process: not dead
+        store.db.execute("UPDATE runs SET pid = ? WHERE id = ?", (os.getpid(), run.id))
+    assert not records.status(tmp_path)[0].dead_run
