@@ -384,7 +384,7 @@ class Cycle:
         anything is exported or run; a refusal names the commit, the signer and the
         policy. Under ``strict``, a revision behind the last verified one is a rollback:
         only a pin, the promotion gate or the last good revision (``behind``) may go
-        there, not a force-push."""
+        there, not a force-push (``verify.check``)."""
         from . import verify
 
         policy = self.policy
@@ -396,13 +396,8 @@ class Cycle:
                 raise verify.Unverified(f"checkout at {revision or 'no commit'}: uncommitted "
                                         f"changes cannot be signed (verify = {policy.mode})")
             base = state.verified_revision if policy.mode == "strict" else None
-            if base and not behind and revision != base and source.is_ancestor(
-                    repo, revision, base):
-                raise verify.Unverified(
-                    f"commit {revision[:12]} is behind the last verified revision {base[:12]} "
-                    f"(a force-push back?); `gitops-ansible rollback` goes back (verify = "
-                    f"{policy.mode})")
-            signature = verify.check(repo, revision, policy, base, self.settings.state_path)
+            signature = verify.check(repo, revision, policy, base, self.settings.state_path,
+                                     back=behind)
         except verify.Unverified as exc:
             self.unverified = True
             verdict = self._refused([f"signature policy: {exc}"], sticky=True)

@@ -207,12 +207,6 @@ def _has_commit(repo: Path, revision: str) -> bool:
                            f"{revision}^{{commit}}"], capture_output=True).returncode == 0
 
 
-def is_ancestor(repo: Path, older: str, newer: str) -> bool:
-    """``older`` is in the history of ``newer`` in ``repo`` (a mirror or a work tree)."""
-    return subprocess.run(["git", "-C", str(repo), "merge-base", "--is-ancestor", older,
-                           newer], capture_output=True).returncode == 0
-
-
 def describe(repo: Path, revision: str) -> tuple[str | None, str | None]:
     """A commit's subject line and author name (None, None when git cannot tell)."""
     done = subprocess.run(["git", "-C", str(repo), "log", "-1", "--no-show-signature",

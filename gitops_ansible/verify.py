@@ -133,12 +133,14 @@ class Policy:
 
 
 def check(repo: Path, revision: str, policy: Policy, base: str | None,
-          state_dir: Path) -> Signature | None:
+          state_dir: Path, back: bool = False) -> Signature | None:
     """Verify ``revision`` (a full commit id) in the Git repository ``repo`` (the bare
     mirror, or a work tree in push mode) under ``policy``; ``base`` is the start of a
-    strict range. Returns the signature recorded with the run (the commit's; the tag's
-    for ``tag``), None for ``none``; raises ``Unverified``, also when the trusted keys
-    cannot be used."""
+    strict range. Under ``strict``, a revision behind the base is refused unless going
+    ``back`` there is allowed (a pin, the promotion gate, the last good revision): what
+    goes back without that is a force-push. Returns the signature recorded with the run
+    (the commit's; the tag's for ``tag``), None for ``none``; raises ``Unverified``, also
+    when the trusted keys cannot be used."""
     if not policy.active:
         return None
     try:
@@ -149,7 +151,7 @@ def check(repo: Path, revision: str, policy: Policy, base: str | None,
     if policy.mode == "tag":
         return _tag(git, revision)
     if policy.mode == "strict":
-        return _strict(git, revision, base)
+        return _strict(git, revision, base, back)
     signature = _head(git, revision)
     if policy.mode == "tag-and-head":
         _tag(git, revision)
@@ -332,12 +334,16 @@ def _tag(git: _Git, revision: str) -> Signature:
                       f"{'; '.join(failed[:3])}{more}")
 
 
-def _strict(git: _Git, revision: str, base: str | None) -> Signature:
+def _strict(git: _Git, revision: str, base: str | None, back: bool) -> Signature:
     """Every commit reachable from ``revision`` and not from ``base``, back to seals."""
     if base and git.run("cat-file", "-e", f"{base}^{{commit}}").returncode != 0:
         base = None  # not in this repository (a new mirror, a force push): walk it all
     commits = _log(git, revision, *([f"^{base}"] if base else []))
-    if not commits:  # the revision is behind the base: it was in a verified range
+    if not commits:  # the revision is the base or behind it: in a verified range
+        if base and revision != base and not back:
+            raise git.refused(f"commit {revision[:12]} is behind the last verified revision "
+                              f"{base[:12]} (a force-push back?); `gitops-ansible rollback` "
+                              "goes back")
         return _head(git, revision)
     tip = commits[0]  # git log shows its one starting point first
     problems = _walk(tip, {c.sha: c for c in commits}, _shallow(git))

@@ -426,9 +426,16 @@ def test_strict_back_behind_the_base_checks_the_revision(keys, tree, tmp_path):
     unsigned = tree.commit()
     base = tree.commit(keys.alice)
     rules = policy(keys, "strict")
-    assert check(tree.path, older, rules, base, tmp_path / "state") == keys.alice.signature
-    assert refused(tree.path, unsigned, rules, tmp_path, base) == \
-        f"commit {unsigned[:12]}: unsigned (verify = strict)"
+    assert check(tree.path, older, rules, base, tmp_path / "state",
+                 back=True) == keys.alice.signature
+    with pytest.raises(Unverified) as refusal:
+        check(tree.path, unsigned, rules, base, tmp_path / "state", back=True)
+    assert str(refusal.value) == f"commit {unsigned[:12]}: unsigned (verify = strict)"
+    # going back without a pin, the gate or a fallback is a force-push: refused
+    assert refused(tree.path, older, rules, tmp_path, base) == (
+        f"commit {older[:12]} is behind the last verified revision {base[:12]} (a force-push "
+        "back?); `gitops-ansible rollback` goes back (verify = strict)")
+    assert check(tree.path, base, rules, base, tmp_path / "state") == keys.alice.signature
 
 
 def test_strict_refuses_a_shallow_history(keys, tree, tmp_path):
