@@ -43,7 +43,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFamily,
                                             HistogramMetricFamily)
 
-from . import pages, records, webhooks
+from . import records, webhooks
 from .notify import read_secret
 from .records import run_detail
 from .records import status as env_statuses
@@ -409,6 +409,13 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    @staticmethod
+    def _pages():
+        """The status pages' module: jinja2 is imported when a person first opens a page,
+        not when the agent starts (health checks and scrapes never need it)."""
+        from . import pages
+        return pages
+
     def _page(self, html: str | None, code: int = 200) -> None:
         if html is None:
             self._send(404, "<!doctype html><title>not found</title><p>Not found. "
@@ -436,7 +443,12 @@ class Handler(BaseHTTPRequestHandler):
     def _guarded(self, handle) -> None:
         """A bug in a page must not leave the browser without an answer, nor show it the
         traceback: 500, and one line in the agent's log."""
+        path = self.path.split("?")[0].rstrip("/") or "/"
         try:
+            if guarded(path) and not host_allowed(self.headers,
+                                                  self.agent.sessions.external_host):
+                self._send(421, {"error": "this agent does not answer to that Host name"})
+                return
             handle()
         except Exception as exc:  # noqa: BLE001
             self.agent.reporter.log(f"HTTP {self.command} {self.path.split('?')[0]}: internal "
@@ -447,17 +459,16 @@ class Handler(BaseHTTPRequestHandler):
         agent, path = self.agent, self.path.split("?")[0].rstrip("/") or "/"
         session = agent.sessions.view(self.headers)
         parts = path.split("/")
-        if guarded(path) and not host_allowed(self.headers, agent.sessions.external_host):
-            self._send(421, {"error": "this agent does not answer to that Host name"})
-        elif path == "/":
-            self._page(pages.overview(agent, session))
+        if path == "/":
+            self._page(self._pages().overview(agent, session))
         elif parts[1] == "env":
-            self._page(pages.environment(agent, parts[2], session) if len(parts) == 3
-                       else None)
+            self._page(self._pages().environment(agent, parts[2], session)
+                       if len(parts) == 3 else None)
         elif parts[1] == "runs":
-            self._page(pages.run(agent, parts[2], session) if len(parts) == 3 else None)
+            self._page(self._pages().run(agent, parts[2], session) if len(parts) == 3
+                       else None)
         elif path == "/login":
-            self._page(pages.login(session))
+            self._page(self._pages().login(session))
         elif path == "/healthz":
             alive = agent.alive()
             self._send(200 if alive else 503, "ok\n" if alive else "loop stalled\n", "text/plain")
@@ -484,9 +495,6 @@ class Handler(BaseHTTPRequestHandler):
             self._send(413, {"error": "payload too large"})
             return
         body = self.rfile.read(length) if length else b""
-        if guarded(path) and not host_allowed(self.headers, agent.sessions.external_host):
-            self._send(421, {"error": "this agent does not answer to that Host name"})
-            return
         form = urllib.parse.parse_qs(body.decode(errors="replace")) if path == "/login" or \
             path.startswith("/actions/") else {}
         if path == "/login":
@@ -494,9 +502,9 @@ class Handler(BaseHTTPRequestHandler):
             if session:
                 self._redirect("/", session)
             else:
-                self._page(pages.login(agent.sessions.view(self.headers),
-                                       "That is not the actions token." if
-                                       agent.sessions.enabled else None), 401)
+                self._page(self._pages().login(agent.sessions.view(self.headers),
+                                               "That is not the actions token." if
+                                               agent.sessions.enabled else None), 401)
         elif path.startswith("/actions/"):
             parts = path.split("/")
             if len(parts) != 4 or not agent.sessions.enabled:
