@@ -70,12 +70,11 @@ def upstream_revisions(store: Store, env: str) -> list[Upstream]:
     return out
 
 
-def promotion(state: EnvState, store: Store, upstream: str, soak: float,
+def promotion(state: EnvState, revisions: list[Upstream], upstream: str, soak: float,
               now: float) -> Target:
-    """The revision an environment that follows ``upstream`` may converge now: of those
-    that soaked, the one ``upstream`` converged last; or the approved one, when it was
-    approved after that."""
-    revisions = upstream_revisions(store, upstream)
+    """The revision an environment that follows ``upstream`` (whose ``revisions`` these
+    are) may converge now: of those that soaked, the one ``upstream`` converged last; or
+    the approved one, when it was approved after that."""
     pick = next((u for u in revisions if u.ready(soak, now)), None)
     revision, why = None, None
     if pick:
@@ -110,7 +109,9 @@ def target(state: EnvState, tip: str, store: Store, settings, now: float) -> Tar
                                         f"{when(state.pinned_at)}: {state.pinned_reason}")
         return Target(pin, f"pinned: {state.pinned_reason}", tip if held else None, held)
     if settings.promote_from:
-        return promotion(state, store, settings.promote_from, settings.soak, now)
+        upstream = settings.promote_from
+        return promotion(state, upstream_revisions(store, upstream), upstream, settings.soak,
+                         now)
     return Target(tip)
 
 
@@ -132,10 +133,11 @@ def allows(state: EnvState, revision: str, store: Store, settings, now: float) -
     if state.pinned_revision or not settings.promote_from:
         return None
     upstream, soak = settings.promote_from, settings.soak
-    up = next((u for u in upstream_revisions(store, upstream) if u.revision == revision), None)
+    revisions = upstream_revisions(store, upstream)
+    up = next((u for u in revisions if u.revision == revision), None)
     if up and up.ready(soak, now):
         return None
-    if revision == promotion(state, store, upstream, soak, now).revision:
+    if revision == promotion(state, revisions, upstream, soak, now).revision:
         return None  # the approved revision, still current
     why = (up.blocked if up and up.blocked else
            f"soaks until {when(up.since + soak)}" if up and up.since else
