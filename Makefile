@@ -18,7 +18,9 @@ COMPAT_PYTHON ?= $(shell scripts/python.sh 3.11 2>/dev/null)
 all: test
 
 system:  ## Debian packages the lab and the tests need (installed only when missing)
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@# installed means "install ok installed": a package removed but not purged is missing
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null \
+	  | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:" $$missing; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
