@@ -35,7 +35,7 @@ from .report import ConsoleReporter
 from .schedule import blocking_window
 from .server import Gauges, Metrics, Sessions, gauges, serve
 from .source import redact_url
-from .store import Mode, RunStatus, Store
+from .store import Mode, RunStatus, Store, StoreError
 
 TICK = 5.0  # the loop wakes at least this often (health heartbeat, reload, stop)
 
@@ -226,6 +226,9 @@ class Agent:
                 self._drift(state)
             else:
                 self._cycle(state, trigger, force=kind == "heal")
+        except StoreError as exc:  # locked or full: said as it is, retried with backoff
+            self.reporter.log(f"{state.source.name}: {exc}", "error", env=state.env)
+            self._schedule(state, RunStatus.ERROR)
         except Exception as exc:  # a bug must not end the agent: record, back off, go on
             self.reporter.log(f"{state.source.name}: cycle crashed: {type(exc).__name__}: {exc}",
                               "error")

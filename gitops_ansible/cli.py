@@ -193,8 +193,8 @@ def main(argv=None) -> int:
         return fail(str(exc), ExitCode.REFUSED)
     except config_mod.ConfigError as exc:
         return fail(f"config error: {exc}", ExitCode.REFUSED)
-    except StoreError as exc:
-        return fail(str(exc), ExitCode.REFUSED)
+    except StoreError as exc:  # a store that cannot be used (5), or not now (1)
+        return fail(str(exc), exc.exit_code)
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         return fail(f"{where}{exc.strerror or exc}",

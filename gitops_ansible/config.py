@@ -191,7 +191,15 @@ class Settings:
                                          "fails, converge the last good checkout (ansible-pull -f)")
     lock: str = setting("choice", "wait", "when another cycle holds the environment's lock", ("wait", "fail"))
     lock_timeout: int = setting("int", 3600, "seconds to wait for the lock (lock = wait)")
-    timeout: int = setting("int", 0, "cancel the Ansible run after N seconds (0: no limit)")
+    timeout: int = setting("int", 7200, "cancel the Ansible run after N seconds (0: no limit)")
+    idle_timeout: int = setting("int", 2400, "cancel the Ansible run when it reports nothing for N "
+                                             "seconds (0: no limit)")
+    task_timeout: int = setting("int", 1800, "a task still running on a host after N seconds fails "
+                                             "there (Ansible's task_timeout; 0: no limit)")
+    ssh_keepalive: int = setting("int", 15, "SSH keepalive every N seconds: a host that misses 4 "
+                                            "in a row is unreachable (0: off)")
+    min_free_mb: int = setting("int", 100, "MiB that must be free in the state directory (and "
+                                           "the work directory) for a run to start (0: no check)")
     preflight: str = setting("choice", "skip", "SSH pre-flight before converging: off, report failing hosts, "
                                                "or skip them", ("off", "report", "skip"))
     preflight_timeout: int = setting("int", 5, "seconds to wait for each host in the pre-flight", minimum=1)

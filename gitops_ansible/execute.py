@@ -2,11 +2,18 @@
 
 One private data directory per run. Every event passes through ``Execution.handle``
 as it arrives: secrets are scrubbed from it before ansible-runner writes it to the
-artifacts, the listener gets a ``TaskResult`` (progress for a person, JSON for machines),
-and the final ``playbook_on_stats`` event gives the per-host totals.
+artifacts, the result is appended to the run's journal (``journal.py``: what a killed run
+is completed from), the listener gets a ``TaskResult`` (progress for a person, JSON for
+machines), and the final ``playbook_on_stats`` event gives the per-host totals.
+
+A run never hangs: it has a timeout, an idle timeout (no event for that long), and a
+journal that cannot be written (a full disk) ends it; each task has Ansible's
+``task_timeout`` and SSH sends keepalives, so that a host that stops answering is
+unreachable while the others go on (``runner_env``).
 """
 from __future__ import annotations
 
+import configparser
 import os
 import re
 import signal
@@ -17,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .problems import text_lines
-from .report import Redactor, diff_text
+from .report import Redactor, diff_text, free_space
 from .store import HostResult, TaskResult
 
 # A task reports per-item changes (e.g. one line per Kubernetes object) by showing a list
@@ -40,15 +47,33 @@ class Outcome:
 class Execution:
     """The event stream of one run, folded into results as it arrives."""
 
-    def __init__(self, plan, redactor: Redactor, listener=None):
-        self.plan, self.redactor, self.listener = plan, redactor, listener
-        self.platform_of = {h: p for p, hosts in plan.platforms.items() for h in hosts}
+    def __init__(self, plan, redactor: Redactor, listener=None, journal=None,
+                 cancel: threading.Event | None = None):
+        self.plan, self.redactor, self.listener, self.journal = plan, redactor, listener, journal
+        self.platform_of = platform_of(plan)
         self.tasks: list[TaskResult] = []
         self.failed_items: dict[tuple, list[str]] = {}  # (host, task uuid) -> "item: why"
         self.stats: dict | None = None
-        self.cancel = threading.Event()
+        self.cancel = cancel or threading.Event()
+        self.last_event = time.monotonic()
+        self.why_stopped: str | None = None  # the run was ended here: idle, journal
+
+    def stopping(self) -> bool:
+        """ansible-runner's cancel callback (polled while Ansible runs): a cancel asked
+        for, an idle stream, or a journal that cannot be written."""
+        if self.cancel.is_set():
+            return True
+        idle = self.plan.idle_timeout
+        if idle and time.monotonic() - self.last_event > idle:
+            self.why_stopped = f"cancelled: Ansible reported nothing for {idle}s (idle_timeout)"
+        elif self.journal and self.journal.error:
+            error = self.journal.error
+            self.why_stopped = (f"cancelled: the run's journal {self.journal.path} cannot be "
+                                f"written: {error.strerror or error}{free_space(self.journal.path)}")
+        return self.why_stopped is not None
 
     def handle(self, event: dict) -> bool:
+        self.last_event = time.monotonic()
         self.redactor.scrub_event(event)
         name, data = event.get("event"), event.get("event_data") or {}
         if name == "playbook_on_task_start" and self.listener:
@@ -62,6 +87,8 @@ class Execution:
             self._result(RESULT_EVENTS[name], data)
         elif name == "playbook_on_stats":
             self.stats = data
+            if self.journal:
+                self.journal.stats(data)
         return True  # keep the (scrubbed) event in the artifacts
 
     def _result(self, status: str, data: dict) -> None:
@@ -86,27 +113,40 @@ class Execution:
                             duration=data.get("duration"), message=message,
                             diff=diff_text(diffs)[:DIFF_MAX] or None if diffs else None)
         self.tasks.append(result)
+        if self.journal:
+            self.journal.task(result)
         if self.listener:
             self.listener.task_result(result, diffs)
 
-    def host_results(self) -> dict[str, HostResult]:
-        stats = self.stats or {}
 
-        def count(key: str, host: str) -> int:
+
+def platform_of(plan) -> dict[str, str]:
+    return {h: p for p, hosts in plan.platforms.items() for h in hosts}
+
+
+def host_results(tasks: list[TaskResult], stats: dict | None,
+                 platforms: dict[str, str]) -> dict[str, HostResult]:
+    """Per-host totals: from Ansible's final stats; a run that never got them (killed,
+    cancelled) counts its task results."""
+    def count(key: str, host: str) -> int:
+        if stats is not None:
             return (stats.get(key) or {}).get(host, 0)
+        status = {"ok": ("ok", "changed"), "changed": ("changed",), "failures": ("failed",),
+                  "dark": ("unreachable",), "skipped": ("skipped",)}[key]
+        return sum(1 for t in tasks if t.host == host and t.status in status)
 
-        names = {t.host for t in self.tasks}
-        for key in ("ok", "changed", "failures", "dark", "skipped", "processed"):
-            names |= set(stats.get(key) or {})
-        hosts = {}
-        for host in sorted(names):
-            bad = [t for t in self.tasks if t.host == host and t.status in ("failed", "unreachable")]
-            hosts[host] = HostResult(
-                host=host, platform=self.platform_of.get(host), ok=count("ok", host),
-                changed=count("changed", host), failed=count("failures", host),
-                unreachable=count("dark", host), skipped=count("skipped", host),
-                message=f"{bad[-1].task}: {bad[-1].message}" if bad else None)
-        return hosts
+    names = {t.host for t in tasks}
+    for key in ("ok", "changed", "failures", "dark", "skipped", "processed"):
+        names |= set((stats or {}).get(key) or {})
+    hosts = {}
+    for host in sorted(names):
+        bad = [t for t in tasks if t.host == host and t.status in ("failed", "unreachable")]
+        hosts[host] = HostResult(
+            host=host, platform=platforms.get(host), ok=count("ok", host),
+            changed=count("changed", host), failed=count("failures", host),
+            unreachable=count("dark", host), skipped=count("skipped", host),
+            message=f"{bad[-1].task}: {bad[-1].message}" if bad else None)
+    return hosts
 
 
 ITEMS_SHOWN = 3  # a failed loop's message names its first failing items
@@ -169,7 +209,41 @@ def runner_env(plan, run_id: str) -> dict:
     else:  # the repository layout: roles/ beside playbooks/
         env["ANSIBLE_ROLES_PATH"] = str(plan.checkout / "roles")
     env.update(plan.ansible_env)
+    env.update(fault_defaults(plan, _ansible_cfg(config)))
     return env
+
+
+# Ansible's own ssh_args when neither ansible.cfg nor the environment sets them.
+ANSIBLE_SSH_ARGS = "-C -o ControlMaster=auto -o ControlPersist=60s"
+KEEPALIVE_COUNT = 4  # keepalives missed in a row before SSH gives up on a host
+
+
+def fault_defaults(plan, config: configparser.ConfigParser) -> dict[str, str]:
+    """What keeps one host from stalling the run, unless the repository's ansible.cfg or
+    the controller's environment says otherwise: Ansible's task_timeout, and SSH
+    keepalives added to ssh_args (a host whose link is cut is unreachable after
+    KEEPALIVE_COUNT missed ones; the others go on)."""
+    env = {}
+    if plan.task_timeout and "ANSIBLE_TASK_TIMEOUT" not in os.environ and \
+            not config.has_option("defaults", "task_timeout"):
+        env["ANSIBLE_TASK_TIMEOUT"] = str(plan.task_timeout)
+    args = os.environ.get("ANSIBLE_SSH_ARGS") or config.get("ssh_connection", "ssh_args",
+                                                             fallback=ANSIBLE_SSH_ARGS)
+    if plan.ssh_keepalive and "serveraliveinterval" not in args.lower():
+        env["ANSIBLE_SSH_ARGS"] = (f"{args} -o ServerAliveInterval={plan.ssh_keepalive} "
+                                   f"-o ServerAliveCountMax={KEEPALIVE_COUNT}")
+    return env
+
+
+def _ansible_cfg(path: Path) -> configparser.ConfigParser:
+    """The repository's ansible.cfg as Ansible reads it (empty when there is none or it
+    does not parse: Ansible then says why)."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(path)
+    except (configparser.Error, UnicodeDecodeError):
+        return configparser.ConfigParser(interpolation=None)
+    return parser
 
 
 def cmdline(plan) -> str:
@@ -183,36 +257,54 @@ def cmdline(plan) -> str:
     return " ".join(args)
 
 
+REDACTED = ".redacted"  # in an artifact directory: its files were scrubbed of secrets
+
+
 def execute(plan, run_id: str, private_dir: Path, redactor: Redactor, listener=None,
-            cancel: threading.Event | None = None) -> Outcome:
+            cancel: threading.Event | None = None, journal=None) -> Outcome:
     import ansible_runner  # imported only when there is a playbook to run
 
-    execution = Execution(plan, redactor, listener)
-    cancel = cancel or execution.cancel
+    execution = Execution(plan, redactor, listener, journal, cancel)
     private_dir.mkdir(parents=True, exist_ok=True)
     kwargs = dict(private_data_dir=str(private_dir), project_dir=str(plan.checkout),
                   playbook=plan.playbook, inventory=str(plan.inventory), ident=run_id,
                   envvars=runner_env(plan, run_id), cmdline=cmdline(plan) or None, quiet=True,
-                  event_handler=execution.handle, cancel_callback=cancel.is_set,
+                  event_handler=execution.handle, cancel_callback=execution.stopping,
                   limit=plan.effective_limit(), tags=plan.tags, skip_tags=plan.skip_tags,
                   extravars={REVISION_VAR: plan.revision} if plan.revision else None)
     if plan.timeout:
         kwargs["timeout"] = plan.timeout
-    runner = ansible_runner.run(**{k: v for k, v in kwargs.items() if v is not None})
+    try:
+        runner = ansible_runner.run(**{k: v for k, v in kwargs.items() if v is not None})
+    except OSError as exc:  # ansible-runner's own writes (a full disk): the run ends here
+        stop_orphans(run_id, grace=5.0)
+        where = exc.filename or private_dir
+        return Outcome("error", -1, host_results(execution.tasks, None, execution.platform_of),
+                       execution.tasks, f"cannot write {where}: {exc.strerror or exc}"
+                       f"{free_space(Path(where))}")
     stop_orphans(run_id, grace=5.0)  # a cancelled run can leave module processes behind
     artifacts = Path(runner.config.artifact_dir)
     redactor.scrub_tree(artifacts, skip=("job_events",))  # events: scrubbed in handle()
+    _mark_redacted(private_dir)
     status = "cancelled" if runner.status == "canceled" else runner.status
     outcome = Outcome(status=status, rc=runner.rc if runner.rc is not None else -1,
-                      hosts=execution.host_results(), tasks=execution.tasks, artifacts=artifacts)
+                      hosts=host_results(execution.tasks, execution.stats, execution.platform_of),
+                      tasks=execution.tasks, artifacts=artifacts)
     if status in ("timeout", "cancelled"):
         outcome.message = (f"cancelled after the {plan.timeout}s timeout" if status ==
-                           "timeout" else "cancelled")
+                           "timeout" else execution.why_stopped or "cancelled")
     elif execution.stats is None:
         outcome.status = "error"
         outcome.message = redactor.scrub(_ansible_error(artifacts / "stdout", plan.checkout)) \
             or f"ansible-playbook ended with rc {runner.rc} and no results"
     return outcome
+
+
+def _mark_redacted(private_dir: Path) -> None:
+    try:
+        (private_dir / REDACTED).touch()
+    except OSError:  # not kept then: a later cycle drops artifacts it cannot trust
+        pass
 
 
 _ORIGIN = re.compile(r"Origin: (?P<path>.+?)(?P<pos>(:\d+)+)$")

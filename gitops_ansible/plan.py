@@ -55,7 +55,10 @@ class Plan:
     check: bool = False
     diff: bool = False
     vault_password_file: Path | None = None
-    timeout: int = 0
+    timeout: int = 0        # seconds for the whole run (0: none)
+    idle_timeout: int = 0   # seconds without an event from Ansible (0: none)
+    task_timeout: int = 0   # Ansible's task_timeout (0: none)
+    ssh_keepalive: int = 0  # seconds between SSH keepalives (0: off)
     excluded: dict[str, str] = field(default_factory=dict)  # host -> why (pre-flight)
     # Where Ansible finds collections and roles (requirements.SearchPaths.env()).
     ansible_env: dict[str, str] = field(default_factory=dict)
@@ -81,4 +84,6 @@ def build(settings, inventory, checkout: Path, revision: str, check: bool) -> Pl
                 playbook=settings.playbook, inventory=inventory.path,
                 platforms=inventory.by_platform(), limit=settings.limit, tags=settings.tags,
                 skip_tags=settings.skip_tags, check=check, diff=settings.diff or check,
-                vault_password_file=password, timeout=settings.timeout)
+                vault_password_file=password, timeout=settings.timeout,
+                idle_timeout=settings.idle_timeout, task_timeout=settings.task_timeout,
+                ssh_keepalive=settings.ssh_keepalive)

@@ -20,12 +20,12 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import gate, source
+from . import gate, journal, source
 from . import plan as plan_mod
 from .config import ConfigError
-from .report import ExitCode, Redactor, Reporter, plural, save_traceback
+from .report import ExitCode, Redactor, Reporter, free_mb, free_space, plural, save_traceback
 from .store import (FAILED_OUTCOMES, EnvState, HostResult, Mode, RunRecord, RunStatus, Store,
-                    Transition, Verdict, new_run_id)
+                    StoreUnavailable, Transition, Verdict, new_run_id)
 
 
 @dataclass
@@ -200,8 +200,8 @@ def _locked(settings, mode: Mode, store: Store, reporter: Reporter, start: Start
             cancel) -> Result:
     """The cycle, once it holds the environment's lock: finish off runs a killed process
     left, honour a suspension, run the steps."""
-    for row in store.mark_interrupted(settings.env):
-        _finish_off(store, row, reporter)
+    for row in store.running(settings.env):
+        _finish_off(settings, store, row, reporter)
     suspended = store.env_state(settings.env).suspended_reason
     if suspended and mode is Mode.PULL:
         message = f"{settings.env}: suspended ({suspended}); no changing run until resumed"
@@ -214,14 +214,31 @@ def _locked(settings, mode: Mode, store: Store, reporter: Reporter, start: Start
     return Cycle(settings, mode, store, reporter, start, cancel).run()
 
 
-def _finish_off(store: Store, row: dict, reporter: Reporter) -> None:
-    """A run whose process died: stop its leftover Ansible processes, drop its artifacts."""
-    from .execute import stop_orphans
+def _finish_off(settings, store: Store, row: dict, reporter: Reporter) -> None:
+    """A run whose process died (or could not record it): stop its leftover Ansible
+    processes, record it interrupted with what its journal holds, then drop its
+    artifacts unless they were redacted."""
+    from .execute import REDACTED, host_results, stop_orphans
 
     stopped = stop_orphans(row["id"])
-    _discard_artifacts(store, row["id"], row["artifacts"])
+    path = journal.path_for(settings.state_path, row["id"])
+    found = journal.replay(path) or journal.Replayed()
+    hosts = host_results(found.tasks, found.stats, found.platforms)
+    changed = sorted(h for h, result in hosts.items() if result.outcome == "changed")
+    what = ("Ansible had finished" if found.stats is not None else
+            f"{plural(len(found.tasks), 'task result')} recorded from its journal"
+            if found.tasks else "no result had arrived")
+    message = (f"the process ended before the run completed ({what})"
+               + (f"; changed: {', '.join(changed)}" if changed else ""))
+    store.interrupted(row["id"], message, found.last_at or time.time(),
+                      [hosts[h] for h in sorted(hosts)], found.tasks, kept(found.lines))
+    path.unlink(missing_ok=True)
+    artifacts = Path(row["artifacts"]) if row["artifacts"] else None
+    if not (artifacts and (artifacts / REDACTED).exists()):
+        _discard_artifacts(store, row["id"], row["artifacts"])
     extra = f"; stopped {len(stopped)} leftover Ansible processes" if stopped else ""
-    reporter.log(f"run {row['id']} was interrupted; recorded as such{extra}", "warning")
+    reporter.log(f"run {row['id']} was interrupted; recorded as such: {message}{extra}",
+                 "warning")
 
 
 def _discard_artifacts(store: Store, run_id: str, path: str | None) -> None:
@@ -252,6 +269,7 @@ class Cycle:
         self.revision: str | None = None        # the revision looked at, even with no run
         self.ahead: int | None = None           # commits of the ref beyond the target
         self.unverified = False
+        self.journal: journal.Journal | None = None  # the results of the run, as they come
 
     def run(self) -> Result:
         stop = None
@@ -267,11 +285,14 @@ class Cycle:
         except Cancelled:
             verdict = Verdict(RunStatus.CANCELLED, "cancelled by a signal "
                               "before Ansible ran; nothing was changed")
+        except StoreUnavailable as exc:
+            verdict = Verdict(RunStatus.ERROR, str(exc))
         except Exception as exc:  # a bug: recorded as such, never left `running`
             verdict = self._internal_error(exc)
         return self._finish(verdict, stop)
 
     def _steps(self) -> Verdict:
+        self._free_space()
         if self.mode is not Mode.DRIFT:  # settings that cannot work: refused before a run
             gate.check(self.settings)
             self.policy  # noqa: B018 (reads and checks the key files)
@@ -291,6 +312,18 @@ class Cycle:
             if self.mode is Mode.PUSH:
                 checkout = self._push_allowed(checkout, revision)
         return self._converge(checkout, revision)
+
+    def _free_space(self) -> None:
+        """Refuse to start with less than min_free_mb free where the run writes: a full
+        disk mid-run breaks Git, Ansible and the records at once."""
+        minimum = self.settings.min_free_mb
+        for where in dict.fromkeys((self.settings.state_path, self.settings.work_path)):
+            free = free_mb(where)
+            if minimum and free is not None and free < minimum:
+                self._start(None)
+                raise Stop(Verdict(RunStatus.ERROR, f"{where} has {free:.1f} MiB free, less "
+                                   f"than min_free_mb = {minimum}: nothing was run; free some "
+                                   "space (or lower min_free_mb)"))
 
     def _push_allowed(self, checkout: Path, revision: str) -> Path:
         """Push converges what a pull cycle would: a pin and the promotion gate hold, and
@@ -517,12 +550,26 @@ class Cycle:
         self._preflight(inventory, the_plan)
         outcome = None
         if not the_plan.excluded or set(the_plan.excluded) < set(the_plan.hosts):
-            from .execute import execute
+            from .execute import execute, platform_of
             _interruptible(self.cancel, False)  # from here on, ansible-runner stops it
+            self._journal(platform_of(the_plan))
             outcome = execute(the_plan, self.run_record.id, self._artifacts(), self.redactor,
-                              self.reporter, self.cancel)
+                              self.reporter, self.cancel, self.journal)
         self.converged = True
         return self._verdict(the_plan, outcome)
+
+    def _journal(self, platforms: dict[str, str]) -> None:
+        """From here on, results and log lines are journaled as they come (what was said
+        so far first)."""
+        path = journal.path_for(self.settings.state_path, self.run_record.id)
+        try:
+            self.journal = journal.Journal(path, self.redactor, platforms)
+        except OSError as exc:
+            raise StoreUnavailable(f"the run's journal {path} cannot be written: "
+                                   f"{exc.strerror or exc}{free_space(path)}") from None
+        for line in self.reporter.lines:
+            self.journal.line(*line)
+        self.reporter.sink = self.journal.line
 
     def _preflight(self, inventory, the_plan) -> None:
         if self.settings.preflight == "off":
@@ -592,14 +639,13 @@ class Cycle:
                 self.reporter.pending(would_change(verdict.tasks), drift=self.mode is Mode.DRIFT)
         if not (stop and stop.logged):
             self.reporter.log(verdict.message, _level(verdict))
-        if self.run_record:
-            verdict.logs = [(ts, level, self.redactor.scrub(text))
-                            for ts, level, text in kept(self.reporter.lines)]
-            self.store.finish_run(self.run_record, verdict)
-        elif verdict.transition:
-            self.store.apply(self.env, verdict.transition)
-        if self.converged:
-            self._retention()
+        self.reporter.sink = None
+        try:
+            self._record(verdict)
+            if self.converged:
+                self._retention()
+        except StoreUnavailable as exc:
+            verdict = self._unrecorded(verdict, exc)
         run = self.run_record
         message = stop.message if stop and stop.message else verdict.message
         held = self.target or gate.Target(None)
@@ -608,6 +654,27 @@ class Cycle:
                       list(verdict.hosts), fetch_failed=bool(stop and stop.fetch_failed),
                       unverified=self.unverified, candidate=held.candidate,
                       waiting=held.waiting)
+
+    def _record(self, verdict: Verdict) -> None:
+        if self.run_record:
+            verdict.logs = [(ts, level, self.redactor.scrub(text))
+                            for ts, level, text in kept(self.reporter.lines)]
+            self.store.finish_run(self.run_record, verdict)
+            if self.journal:  # its content is in the store now
+                self.journal.remove()
+        elif verdict.transition:
+            self.store.apply(self.env, verdict.transition)
+
+    def _unrecorded(self, verdict: Verdict, exc: StoreUnavailable) -> Verdict:
+        """The run could not be recorded: said, and kept in its journal for the next cycle
+        to record (as interrupted). An error, whatever Ansible did."""
+        kept_in = (f"; its results stay in {self.journal.path} for the next cycle to record"
+                   if self.journal and not self.journal.error else "")
+        if self.journal:
+            self.journal.close()
+        message = f"the run ended ({verdict.status}) but {exc}{kept_in}"
+        self.reporter.log(message, "error")
+        return dataclasses.replace(verdict, status=RunStatus.ERROR, message=message)
 
     @staticmethod
     def _then(verdict: Verdict, transition: Transition) -> None:

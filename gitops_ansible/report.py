@@ -83,6 +83,7 @@ class Reporter:
         # (ts, level, text) of what was said since keep_lines(): a run's log. A reporter
         # that lives as long as the agent keeps none.
         self.lines: list[tuple[float, str, str]] | None = None
+        self.sink = None  # also called with each kept line as it is said (a run's journal)
         self._rows: list = []  # host results, said as one table by the summary
 
     def bind(self, **context) -> None:
@@ -98,7 +99,10 @@ class Reporter:
     def handle(self, record: dict) -> None:
         said = self.describe(record)
         if self.lines is not None:
-            self.lines.extend((record["ts"], level, text) for level, text in said)
+            for level, text in said:
+                self.lines.append((record["ts"], level, text))
+                if self.sink:
+                    self.sink(record["ts"], level, text)
         self.show(record, said)
         if self.on_event:
             self.on_event(record)
@@ -201,6 +205,25 @@ class ConsoleReporter(Reporter):
 def plural(count: int, word: str) -> str:
     """``1 commit``, ``2 commits``."""
     return f"{count} {word}{'' if count == 1 else 's'}"
+
+def free_mb(path: Path) -> float | None:
+    """MiB free on the file system of ``path`` (its nearest existing directory; None if
+    none can be asked)."""
+    import shutil
+
+    for where in (Path(path), *Path(path).parents):
+        try:
+            return shutil.disk_usage(where).free / 2**20
+        except OSError:
+            continue
+    return None
+
+
+def free_space(path: Path) -> str:
+    """'; N MiB free in PATH' for the message of a write that failed ('' if unknown)."""
+    free = free_mb(path)
+    return "" if free is None else f"; {free:.1f} MiB free in {path}"
+
 
 def save_traceback(state_dir: Path, name: str, redactor: "Redactor | None" = None) -> str:
     """Write the traceback being handled to STATE_DIR/logs/NAME.traceback (secrets masked);

@@ -2,10 +2,13 @@
 
 SQLite in WAL mode, one file under the state directory. A run row is written when a
 cycle starts (status ``running``) and completed once, when it ends, in one transaction
-with its per-host and per-task results and the environment's state transition. A
-process killed halfway leaves a ``running`` row that the next cycle (holding the
-environment's lock) marks ``interrupted``; the applied revision only moves on a
-completed converge, so the next cycle does the work again.
+with its per-host and per-task results and the environment's state transition. Until
+then the results are in the run's journal (``journal.py``). A process killed halfway (or
+whose final write failed) leaves a ``running`` row that the next cycle (holding the
+environment's lock) records ``interrupted``, with the results its journal holds; the
+applied revision only moves on a completed converge, so the next cycle does the work
+again. A store that cannot be written now (locked for longer than the busy timeout, a
+full disk) is a ``StoreUnavailable``: an error of this run, not of the input.
 
 An environment's state is an ``EnvState`` value. It changes only through the named
 transitions below (``Transition.applied``, ``.refused``, ...), each of which writes the
@@ -16,8 +19,10 @@ messages are redacted by the caller.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
+import re
 import secrets
 import sqlite3
 import time
@@ -25,7 +30,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from .report import ExitCode
+from .report import ExitCode, free_space
 
 # Version 2 (this one): the tables below; version 1 had no `applied` and `actions` tables
 # and fewer columns (MIGRATIONS). A store written by a newer release is refused.
@@ -89,6 +94,18 @@ BACKFILL_APPLIED = ("INSERT INTO applied (env, revision, run_id, at, good) SELEC
 
 class StoreError(Exception):
     """The store cannot be used as it is; the message names the file and what to do."""
+    exit_code = ExitCode.REFUSED  # the operator's to fix (a directory, a newer schema)
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be read or written now: locked by another process for longer
+    than the busy timeout, a full disk, an I/O error. An error of this run (exit 1)."""
+    exit_code = ExitCode.ERROR
+
+
+# SQLite's words for a store that cannot be used now but may be soon.
+TRANSIENT = re.compile(r"locked|busy|full|disk I/O")
+BUSY_TIMEOUT = 30  # seconds a write waits for another process's transaction
 
 
 class Mode(StrEnum):
@@ -395,7 +412,7 @@ class Store:
             raise StoreError(f"run store {path}: cannot create its directory "
                              f"{exc.filename or path.parent}: {exc.strerror}") from None
         try:
-            self.db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+            self.db = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT, isolation_level=None)
         except sqlite3.DatabaseError as exc:
             raise StoreError(self._advice(exc)) from None
         try:
@@ -403,6 +420,8 @@ class Store:
             self._open()
         except (sqlite3.DatabaseError, StoreError) as exc:
             self.db.close()
+            if isinstance(exc, sqlite3.OperationalError) and TRANSIENT.search(str(exc)):
+                raise self.unavailable(exc) from None
             raise StoreError(self._advice(exc)) from None
 
     def _advice(self, exc: Exception) -> str:
@@ -513,31 +532,42 @@ class Store:
                 " revision = ?, verify = ?, signer = ?, subject = ?, author = ? WHERE id = ?",
                 (str(verdict.status), int(verdict.exit_code), time.time(), verdict.message,
                  run.revision, run.verify, run.signer, run.subject, run.author, run.id))
-            self.db.executemany(
-                "INSERT OR REPLACE INTO host_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(run.id, h.host, h.platform, h.outcome, h.ok, h.changed, h.failed,
-                  h.unreachable, h.skipped, h.message) for h in verdict.hosts])
-            self.db.executemany(
-                "INSERT INTO task_results (run_id, seq, host, task, role, status, changed,"
-                " duration, message, diff) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(run.id, seq, t.host, t.task, t.role, t.status, int(t.status == "changed"),
-                  t.duration, t.message, t.diff) for seq, t in enumerate(verdict.tasks)])
-            self.db.executemany(
-                "INSERT OR REPLACE INTO run_logs VALUES (?, ?, ?, ?, ?)",
-                [(run.id, seq, *line) for seq, line in enumerate(verdict.logs)])
+            self._results(run.id, verdict.hosts, verdict.tasks, verdict.logs)
             if verdict.transition:
                 self._apply(run.env, verdict.transition)
 
-    def mark_interrupted(self, env: str) -> list[dict]:
-        """Runs left ``running`` by a killed process. Call only while holding the env lock."""
-        rows = [dict(r) for r in self.db.execute(
-            "SELECT id, artifacts FROM runs WHERE env = ? AND status = 'running'", (env,))]
-        for row in rows:
+    def _results(self, run_id: str, hosts, tasks, logs) -> None:
+        self.db.executemany(
+            "INSERT OR REPLACE INTO host_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(run_id, h.host, h.platform, h.outcome, h.ok, h.changed, h.failed,
+              h.unreachable, h.skipped, h.message) for h in hosts])
+        self.db.executemany(
+            "INSERT INTO task_results (run_id, seq, host, task, role, status, changed,"
+            " duration, message, diff) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(run_id, seq, t.host, t.task, t.role, t.status, int(t.status == "changed"),
+              t.duration, t.message, t.diff) for seq, t in enumerate(tasks)])
+        self.db.executemany(
+            "INSERT OR REPLACE INTO run_logs VALUES (?, ?, ?, ?, ?)",
+            [(run_id, seq, *line) for seq, line in enumerate(logs)])
+
+    def running(self, env: str) -> list[dict]:
+        """Runs left ``running`` by a process that was killed or could not record them.
+        Call only while holding the env lock."""
+        return [dict(r) for r in self.db.execute(
+            "SELECT id, artifacts, started_at FROM runs WHERE env = ? AND status = 'running'",
+            (env,))]
+
+    def interrupted(self, run_id: str, message: str, at: float, hosts=(), tasks=(),
+                    logs=()) -> None:
+        """Record a run that never completed as interrupted at ``at``, with the results
+        that are known (its journal's), in one transaction."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
             self.db.execute(
-                "UPDATE runs SET status = ?, finished_at = ?, message = ? WHERE id = ?",
-                (str(RunStatus.INTERRUPTED), time.time(),
-                 "the process ended before the run completed", row["id"]))
-        return rows
+                "UPDATE runs SET status = ?, exit_code = ?, finished_at = ?, message = ? "
+                "WHERE id = ?", (str(RunStatus.INTERRUPTED),
+                                 int(RunStatus.INTERRUPTED.exit_code), at, message, run_id))
+            self._results(run_id, hosts, tasks, logs)
 
     def runs(self, env: str | None = None, limit: int = 20,
              changing_only: bool = False) -> list[dict]:
@@ -585,3 +615,56 @@ class Store:
 
     def forget_artifacts(self, run_id: str) -> None:
         self.db.execute("UPDATE runs SET artifacts = NULL WHERE id = ?", (run_id,))
+
+    def unavailable(self, exc: sqlite3.OperationalError) -> StoreUnavailable:
+        """Why the store cannot be used now, with what would let it: who holds it, or
+        the free space."""
+        text = str(exc)
+        if "locked" in text or "busy" in text:  # SQLite: "database is locked"
+            return StoreUnavailable(
+                f"run store {self.path}: locked by another process for more than "
+                f"{BUSY_TIMEOUT}s{lock_holder(self.path)}; nothing was recorded")
+        return StoreUnavailable(f"run store {self.path}: {text}{free_space(self.path.parent)}")
+
+
+def _unavailable_as_error(method):
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            raise self.unavailable(exc) from None
+    return guarded
+
+
+# Every read and write of an open store: a locked or full store is a StoreUnavailable.
+for _name, _method in list(vars(Store).items()):
+    if callable(_method) and not _name.startswith("_") and _name not in ("close", "unavailable"):
+        setattr(Store, _name, _unavailable_as_error(_method))
+
+
+def lock_holder(path: Path) -> str:
+    """' (held by pid N: COMMAND)' for a process holding a write lock on the store's
+    files (Linux /proc/locks), '' when none is found."""
+    inodes = {}
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            inodes[os.stat(f"{path}{suffix}").st_ino] = suffix
+        except OSError:
+            continue
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6 or fields[3] != "WRITE" or not fields[4].isdigit():
+            continue
+        pid, inode = int(fields[4]), fields[5].rsplit(":", 1)[-1]
+        if pid != os.getpid() and inode.isdigit() and int(inode) in inodes:
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                command = b"?"
+            return f" (held by pid {pid}: {command.decode(errors='replace').strip()[:120]})"
+    return ""

@@ -35,8 +35,8 @@ def test_killed_process_leaves_running_row_marked_interrupted(tmp_path):
             "trigger='schedule', revision='abc')); os.kill(os.getpid(), 9)")
     subprocess.run([sys.executable, "-c", code])
     store = Store(db)
-    interrupted = store.mark_interrupted("dev")
-    assert len(interrupted) == 1
+    [left] = store.running("dev")
+    store.interrupted(left["id"], "the process ended before the run completed", 1000.0)
     run = store.runs("dev")[0]
     assert run["status"] == "interrupted" and run["finished_at"]
     assert store.env_state("dev").applied_revision is None
