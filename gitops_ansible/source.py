@@ -20,7 +20,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from . import names
@@ -34,6 +37,8 @@ REPO_EXPECTED = ("a file://, git://, ssh:// or https:// URL, user@host:path (SSH
 # remote helper, NAME://... a scheme; else a colon before any slash makes it scp-like SSH.
 HELPER_OR_SCHEME_RE = re.compile(r"([A-Za-z0-9][A-Za-z0-9+.-]*)(::|://)")
 SSH_SCHEMES = {"git+ssh": "ssh", "ssh+git": "ssh"}
+GC_STAMP = "gitops-ansible-gc"  # in the mirror: its mtime is when the last full gc started
+FULL_GC_EVERY = 24 * 3600  # seconds between full gcs of a mirror
 
 
 class SourceError(Exception):
@@ -150,10 +155,12 @@ def mirror_path(settings) -> Path:
     return env_dir(settings) / "mirror.git"
 
 
-def fetch(settings, revision: str, tags: bool = False) -> str:
+def fetch(settings, revision: str, tags: bool = False,
+          warn: Callable[[str], None] | None = None) -> str:
     """Fetch the ref into the mirror; return the fetched commit (normally ``revision``).
     A commit id the mirror holds already is not fetched again; ``tags``: the remote's tags
-    too (a signature policy that reads them)."""
+    too (a signature policy that reads them). After a fetch the mirror is tidied
+    (``housekeep``); what went wrong there is passed to ``warn`` and fails nothing."""
     import git  # GitPython: only on the path where there is work to do
 
     check_repo(settings.repo)
@@ -162,19 +169,21 @@ def fetch(settings, revision: str, tags: bool = False) -> str:
         mirror.parent.mkdir(parents=True, exist_ok=True)
         git.Repo.init(mirror, bare=True)
     clean_leftovers(mirror)
-    # --prune: a tag deleted on the remote no longer counts for a tag policy
-    fetch = ["fetch", "--quiet", "--no-tags", *(["--prune"] if tags else []), "--",
-             settings.repo]
+    # --prune: a tag deleted on the remote no longer counts for a tag policy;
+    # --no-auto-gc: git's own gc would detach and outlive the lock (housekeep runs it)
+    fetch = ["fetch", "--quiet", "--no-tags", "--no-auto-gc", *(["--prune"] if tags else []),
+             "--", settings.repo]
     extra = ["+refs/tags/*:refs/tags/*"] if tags else []
     if SHA_RE.match(settings.ref):
         if not extra and _has_commit(mirror, settings.ref):
             return settings.ref
-        spec = "+refs/heads/*:refs/remotes/origin/*"
-        _git([*fetch, spec, *extra], settings, cwd=mirror)
-        target = settings.ref
+        spec, target = "+refs/heads/*:refs/remotes/origin/*", settings.ref
     else:
-        _git([*fetch, f"+{settings.ref}:refs/gitops/target", *extra], settings, cwd=mirror)
-        target = "refs/gitops/target"
+        spec, target = f"+{settings.ref}:refs/gitops/target", "refs/gitops/target"
+    _git([*fetch, spec, *extra], settings, cwd=mirror)
+    problem = housekeep(settings)
+    if problem and warn:
+        warn(problem)
     repo = git.Repo(mirror)
     try:
         fetched = repo.commit(target).hexsha
@@ -186,13 +195,62 @@ def fetch(settings, revision: str, tags: bool = False) -> str:
     return revision
 
 
+def housekeep(settings) -> str | None:
+    """Git's own housekeeping of the mirror, after a fetch and under the environment's lock,
+    so that packs and loose objects do not pile up: ``gc --auto`` (about 2 ms when nothing
+    is due: it counts loose objects and packs) and, at most once a day, a full ``gc``
+    (git's default prune grace of two weeks: an object a reader may still be using stays).
+    Never raises: a mirror that could not be tidied (a full disk) still serves the cycle.
+    Returns what went wrong, naming the mirror, for the caller to log as a warning."""
+    mirror = mirror_path(settings)
+    try:
+        _gc(mirror, settings, *([] if _full_gc_due(mirror / GC_STAMP) else ["--auto"]))
+    except (SourceError, OSError) as exc:
+        return f"housekeeping of the mirror {mirror} failed (the cycle goes on): {exc}"
+    return None
+
+
+def _full_gc_due(stamp: Path) -> bool:
+    if stamp.exists() and time.time() - stamp.stat().st_mtime < FULL_GC_EVERY:
+        return False
+    due = stamp.exists()  # no stamp: a new mirror (one fresh pack), whose day starts now
+    stamp.touch()  # before the gc: one that fails (a full disk) is retried in a day
+    return due
+
+
+def _gc(mirror: Path, settings, *args: str) -> None:
+    # In the foreground (gc.autoDetach=false): a gc still running once the lock is released
+    # would race the next fetch, whose clean_leftovers removes temporary packs. In a session
+    # of its own, so that a timeout or a stopped cycle stops its repack and pack-objects too
+    # (what they leave, clean_leftovers removes; git keeps the old packs until the new one is
+    # complete).
+    command = ["git", "-c", "gc.autoDetach=false", "--git-dir", str(mirror), "gc", "--quiet",
+               *args]
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=dict(os.environ, LC_ALL="C"))
+    try:
+        _, errors = proc.communicate(timeout=settings.git_timeout)
+    except BaseException as exc:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise SourceError(f"git gc timed out after {settings.git_timeout}s") from None
+        raise
+    if proc.returncode != 0:
+        detail = " | ".join(text_lines(errors))[-600:] or f"exit code {proc.returncode}"
+        raise SourceError(f"git gc: {detail}")
+
+
 def clean_leftovers(mirror: Path) -> list[Path]:
-    """Remove what an interrupted fetch left in the mirror: git's temporary pack and index
-    files (``objects/pack/tmp_*``, ``.tmp-*``) and quarantine directories, which no git
-    command removes and which can be as large as the repository. The environment's lock is
-    held: no other fetch writes them now. Returns what was removed."""
+    """Remove what an interrupted fetch or gc left in the mirror: git's temporary pack and
+    index files (``objects/pack/tmp_*``, ``.tmp-*``), temporary loose objects (``tmp_obj_*``)
+    and quarantine directories, which no git command removes and which can be as large as
+    the repository. The environment's lock is held: no other fetch or gc writes them now
+    (``housekeep`` runs in the foreground). Returns what was removed."""
     objects = mirror / "objects"
     found = [*objects.glob("pack/tmp_*"), *objects.glob("pack/.tmp-*"),
+             *objects.glob("tmp_obj_*"), *objects.glob("??/tmp_obj_*"),
              *objects.glob("tmp_objdir-incoming-*"), *objects.glob("incoming-*")]
     for path in found:
         if path.is_dir() and not path.is_symlink():
@@ -216,12 +274,13 @@ def describe(repo: Path, revision: str) -> tuple[str | None, str | None]:
     return (subject or None, author or None) if done.returncode == 0 else (None, None)
 
 
-def ahead(settings, base: str, tip: str) -> int | None:
+def ahead(settings, base: str, tip: str,
+          warn: Callable[[str], None] | None = None) -> int | None:
     """How many commits of ``tip`` are not in ``base`` (the tip is fetched when the mirror
-    lacks it); None when Git cannot tell."""
+    lacks it; ``warn`` as for ``fetch``); None when Git cannot tell."""
     try:
         if not _has_commit(mirror_path(settings), tip):
-            fetch(settings, tip)
+            fetch(settings, tip, warn=warn)
         count = _git(["rev-list", "--count", f"{base}..{tip}"], settings,
                      cwd=mirror_path(settings))
     except (SourceError, OSError):
