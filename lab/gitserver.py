@@ -65,6 +65,21 @@ class GitServers:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.daemon_port)
 
+    def kill_daemon(self) -> None:
+        """SIGKILL the git daemon and what it started for its clients (``git daemon --serve``,
+        ``upload-pack``, ``pack-objects``), as when the server dies mid-transfer: killing
+        the daemon alone would let a transfer under way finish."""
+        from .hosts import _processes, _sigkill  # the lab's one walk of /proc
+
+        procs = list(_processes())
+        victims, more = set(), {self._daemon.pid}
+        while more:
+            victims |= more
+            more = {pid for pid, ppid, _ in procs if ppid in more} - victims
+        _sigkill(victims)
+        self._daemon.wait(10)
+        self._daemon = None
+
     def stop_daemon(self) -> None:
         if self._daemon:
             self._daemon.terminate()
