@@ -270,6 +270,7 @@ class Cycle:
         self.ahead: int | None = None           # commits of the ref beyond the target
         self.unverified = False
         self.journal: journal.Journal | None = None  # the results of the run, as they come
+        self.unavailable: StoreUnavailable | None = None  # the store failed during the run
 
     def run(self) -> Result:
         stop = None
@@ -285,8 +286,8 @@ class Cycle:
         except Cancelled:
             verdict = Verdict(RunStatus.CANCELLED, "cancelled by a signal "
                               "before Ansible ran; nothing was changed")
-        except StoreUnavailable as exc:
-            verdict = Verdict(RunStatus.ERROR, str(exc))
+        except StoreUnavailable as exc:  # not asked again to record the run
+            self.unavailable, verdict = exc, Verdict(RunStatus.ERROR, str(exc))
         except Exception as exc:  # a bug: recorded as such, never left `running`
             verdict = self._internal_error(exc)
         return self._finish(verdict, stop)
@@ -372,7 +373,7 @@ class Cycle:
         fetching = dataclasses.replace(self.settings, ref=revision) if gated else self.settings
         try:
             tags = self.policy.mode in ("tag", "tag-and-head")
-            fetched = source.fetch(fetching, revision, tags=tags)
+            fetched = source.fetch(fetching, revision, tags=tags, warn=self._warn)
         except (source.SourceError, OSError) as exc:
             return self._fetch_failed(state, str(exc))
         if fetched != revision:
@@ -393,7 +394,10 @@ class Cycle:
             return 0 if runs else None
         if tip == state.checked_revision and state.ahead is not None:
             return state.ahead
-        return source.ahead(self.settings, runs, tip)
+        return source.ahead(self.settings, runs, tip, warn=self._warn)
+
+    def _warn(self, problem: str) -> None:
+        self.reporter.log(problem, "warning")
 
     @functools.cached_property
     def policy(self):
@@ -452,7 +456,7 @@ class Cycle:
         if not checkout.is_dir():
             pinned = dataclasses.replace(self.settings, ref=revision)
             try:
-                source.fetch(pinned, revision)
+                source.fetch(pinned, revision, warn=self._warn)
                 checkout = source.export(pinned, revision)
             except (source.SourceError, OSError) as exc:
                 return self._fetch_failed(state, str(exc))
@@ -640,12 +644,16 @@ class Cycle:
         if not (stop and stop.logged):
             self.reporter.log(verdict.message, _level(verdict))
         self.reporter.sink = None
-        try:
-            self._record(verdict)
-            if self.converged:
-                self._retention()
-        except StoreUnavailable as exc:
-            verdict = self._unrecorded(verdict, exc)
+        failed = self.unavailable
+        if failed is None:
+            try:
+                self._record(verdict)
+                if self.converged:
+                    self._retention()
+            except StoreUnavailable as exc:
+                failed = exc
+        if failed:
+            verdict = self._unrecorded(verdict, failed)
         run = self.run_record
         message = stop.message if stop and stop.message else verdict.message
         held = self.target or gate.Target(None)
@@ -672,8 +680,11 @@ class Cycle:
                    if self.journal and not self.journal.error else "")
         if self.journal:
             self.journal.close()
-        message = f"the run ended ({verdict.status}) but {exc}{kept_in}"
-        self.reporter.log(message, "error")
+        if verdict.message == str(exc):  # the store failed before the end: said already
+            message = verdict.message + kept_in
+        else:
+            message = f"the run ended ({verdict.status}) but {exc}{kept_in}"
+            self.reporter.log(message, "error")
         return dataclasses.replace(verdict, status=RunStatus.ERROR, message=message)
 
     @staticmethod
