@@ -342,6 +342,30 @@ def test_git_outage_backoff_one_failure_alert_then_recovery(agents, estate, git_
         assert agent.metric("gitops_ansible_consecutive_failures", env="dev") == 0
 
 
+def test_a_locked_store_is_an_error_alerted_and_retried_with_backoff(agents, estate,
+                                                                      git_servers, cli,
+                                                                      tmp_path):
+    from tests.integration.test_faults import held
+
+    with Recorder(status=200) as hooks:
+        agent = agents(tmp_path, cli.state_dir,
+                       [source(estate, git_servers, interval=0.5, retry_base=0.5,
+                               retry_max=2)], agent={"alert_interval": 0},
+                       notify=[{"kind": "webhook", "url": hooks.url("/generic")}])
+        agent.wait_for(lambda: agent.metric("gitops_ansible_cycles_total", env="dev",
+                                            result="nothing") >= 1, 120, "a quiet cycle")
+        with held(cli.state_dir / "runs.db") as holder:
+            agent.wait_for(lambda: hooks.on("/generic"), 90, "a failure alert")
+            assert agent.status()["last"]["exit_code"] == 1
+        failure = hooks.on("/generic")[0]["json"]
+        assert failure["event"] == "failure" and "locked by another process" in \
+            failure["message"] and f"held by pid {holder.pid}" in failure["message"]
+        agent.wait_for(lambda: hooks.on("/generic")[-1]["json"]["event"] == "recovery", 90,
+                       "recovery once the store is free")
+        log = agent.log()
+        assert "backing off 0.5s after 1 failed cycle" in log and "Traceback" not in log
+
+
 def test_suspend_then_resume_and_sync(agents, estate, git_servers, cli, tmp_path):
     agent = agents(tmp_path, cli.state_dir, [source(estate, git_servers)])
     agent.wait_for(lambda: greeting(estate) == "hello world\n", 120, "the first converge")
