@@ -166,20 +166,17 @@ def split_later(objects, namespaces):
     return [o for o in objects if o["ref"] not in ready]
 
 
-def _results(register, count):
-    if not register or register.get("skipped"):
-        return []
-    if count == 1:
-        return [register]
-    return ((register.get("result") or {}).get("results")) or []
+def _results(register):
+    """Per-object results of a k8s_manifests_apply task, in the order of its objects."""
+    return (register or {}).get("objects") or []
 
 
 def errors(register, objects):
-    """Per-object errors of a kubernetes.core.k8s run with continue_on_error."""
+    """Per-object errors of a k8s_manifests_apply task."""
     found = []
     if register and register.get("failed") and register.get("msg"):
         found.append(str(register["msg"]))
-    for obj, res in zip(objects, _results(register, len(objects))):
+    for obj, res in zip(objects, _results(register)):
         error = res.get("error") if isinstance(res, dict) else None
         if error:
             msg = error.get("msg") if isinstance(error, dict) else str(error)
@@ -199,9 +196,9 @@ def _short(msg) -> str:
 
 
 def changes(register, objects):
-    """'Kind ns/name: created' or ': field, field' for every object a k8s run changed."""
+    """'Kind ns/name: created' or ': field, field' for every object an apply changed."""
     report = []
-    for obj, res in zip(objects, _results(register, len(objects))):
+    for obj, res in zip(objects, _results(register)):
         if not isinstance(res, dict) or not res.get("changed"):
             continue
         diff = res.get("diff") or {}
