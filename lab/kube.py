@@ -6,6 +6,7 @@
         cluster.kubectl("apply", "--server-side", "-f", "x.yaml")  # CompletedProcess, checked
         cluster.apply(yaml_text)                # kubectl apply --server-side -f -
         cluster.server                          # "https://127.0.0.1:PORT"
+        cluster.kill("kube-apiserver")          # SIGKILL (a crash); cluster.restart(...) again
     write_kubeconfig(path, [east, west])        # one kubeconfig with both contexts
 
 Per cluster, all on loopback with free ports, in WORKDIR: etcd (data in WORKDIR/etcd, no
@@ -493,6 +494,26 @@ class KubeCluster:
     def stop(self) -> None:
         self._kill_all()
 
+    def kill(self, name: str = "kube-apiserver") -> int:
+        """SIGKILL one of the cluster's processes, as a crash would; etcd's data stays.
+        Its pid."""
+        proc = self.procs[name]
+        proc.kill()
+        proc.wait()
+        return proc.pid
+
+    def restart(self, name: str = "kube-apiserver", timeout: float = START_TIMEOUT) -> None:
+        """Start a killed process again with the same flags (ports, data); for the API
+        server, wait until it answers /readyz."""
+        proc = self.procs[name]
+        if proc.poll() is None:
+            raise RuntimeError(f"{self.name}: {name} is still running (pid {proc.pid})")
+        proc.log.close()
+        self._spawn(name, proc.argv)
+        if name == "kube-apiserver":
+            self._wait(lambda: self._get("/readyz") == 200, time.monotonic() + timeout,
+                       "/readyz after a restart")
+
     def _kill_all(self) -> None:
         for name in reversed(list(self.procs)):  # kwok ... etcd: dependants first
             proc = self.procs.pop(name)
@@ -510,8 +531,8 @@ class KubeCluster:
         proc = subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, cwd=self.workdir,
                                 preexec_fn=_die_with_parent)
-        proc.log = log
-        self.procs[name] = proc
+        proc.log, proc.argv = log, argv
+        self.procs[name] = proc  # a restarted one keeps its place: stop() order holds
 
     def _wait(self, ready, deadline: float, what: str) -> None:
         while True:
