@@ -16,6 +16,7 @@ from __future__ import annotations
 import configparser
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -106,7 +107,7 @@ class Execution:
                 message = f"{message}: {'; '.join(items[:ITEMS_SHOWN])}{more}"
             message = message[:1000]
         elif isinstance(res.get(REPORT_VAR), list) and res[REPORT_VAR]:
-            message = "; ".join(str(item) for item in res[REPORT_VAR])[:2000]
+            message = _listed(res[REPORT_VAR])
         diffs = _diffs(res) if status == "changed" else None
         result = TaskResult(host=data.get("host", "?"), task=data.get("task", ""),
                             role=data.get("role"), status=status,
@@ -151,6 +152,18 @@ def host_results(tasks: list[TaskResult], stats: dict | None,
 
 ITEMS_SHOWN = 3  # a failed loop's message names its first failing items
 DIFF_MAX = 20000  # characters of a task's diff kept in the store
+REPORT_MAX = 20000  # characters of a task's report (gitops_report) kept as its message
+
+
+def _listed(items: list) -> str:
+    """A task's report (one item per object it changed), whole up to REPORT_MAX
+    characters; past that, how many more there were."""
+    text, shown = "", 0
+    for item in map(str, items):
+        if len(text) + len(item) + 2 > REPORT_MAX:
+            break
+        text, shown = f"{text}; {item}" if text else item, shown + 1
+    return text + (f"; (+{len(items) - shown} more)" if shown < len(items) else "")
 
 
 def _failure(res: dict) -> str:
@@ -209,8 +222,20 @@ def runner_env(plan, run_id: str) -> dict:
     else:  # the repository layout: roles/ beside playbooks/
         env["ANSIBLE_ROLES_PATH"] = str(plan.checkout / "roles")
     env.update(plan.ansible_env)
-    env.update(fault_defaults(plan, _ansible_cfg(config)))
+    settings = _ansible_cfg(Path(env.get("ANSIBLE_CONFIG") or os.environ.get("ANSIBLE_CONFIG")
+                                 or next((p for p in CONFIG_FILES if p.is_file()), config)))
+    # ansible-runner sets ANSIBLE_HOST_KEY_CHECKING=False when its caller does not: that
+    # would beat ansible.cfg and the inventory's StrictHostKeyChecking=yes.
+    if "ANSIBLE_HOST_KEY_CHECKING" not in os.environ:
+        env["ANSIBLE_HOST_KEY_CHECKING"] = settings.get("defaults", "host_key_checking",
+                                                        fallback="True")
+    env.update(fault_defaults(plan, settings, run_id))
     return env
+
+
+# Where Ansible reads its settings when neither the repository nor ANSIBLE_CONFIG names a
+# file (the current directory is the checkout: its ansible.cfg is the repository's).
+CONFIG_FILES = (Path("~/.ansible.cfg").expanduser(), Path("/etc/ansible/ansible.cfg"))
 
 
 # Ansible's own ssh_args when neither ansible.cfg nor the environment sets them.
@@ -218,12 +243,17 @@ ANSIBLE_SSH_ARGS = "-C -o ControlMaster=auto -o ControlPersist=60s"
 KEEPALIVE_COUNT = 4  # keepalives missed in a row before SSH gives up on a host
 
 
-def fault_defaults(plan, config: configparser.ConfigParser) -> dict[str, str]:
-    """What keeps one host from stalling the run, unless the repository's ansible.cfg or
-    the controller's environment says otherwise: Ansible's task_timeout, and SSH
-    keepalives added to ssh_args (a host whose link is cut is unreachable after
-    KEEPALIVE_COUNT missed ones; the others go on)."""
+def fault_defaults(plan, config: configparser.ConfigParser, run_id: str) -> dict[str, str]:
+    """What keeps one host from stalling the run, unless Ansible's settings file or the
+    controller's environment says otherwise: Ansible's task_timeout, and SSH keepalives
+    added to ssh_args (a host whose link is cut is unreachable after KEEPALIVE_COUNT
+    missed ones; the others go on), over SSH master connections of the run's own
+    (``control_dir``): one opened by someone else, without keepalives, is not reused."""
     env = {}
+    if not ({"ANSIBLE_SSH_CONTROL_PATH_DIR", "ANSIBLE_SSH_CONTROL_PATH"} & set(os.environ)
+            or config.has_option("ssh_connection", "control_path_dir")
+            or config.has_option("ssh_connection", "control_path")):
+        env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(control_dir(run_id))
     if plan.task_timeout and "ANSIBLE_TASK_TIMEOUT" not in os.environ and \
             not config.has_option("defaults", "task_timeout"):
         env["ANSIBLE_TASK_TIMEOUT"] = str(plan.task_timeout)
@@ -233,6 +263,13 @@ def fault_defaults(plan, config: configparser.ConfigParser) -> dict[str, str]:
         env["ANSIBLE_SSH_ARGS"] = (f"{args} -o ServerAliveInterval={plan.ssh_keepalive} "
                                    f"-o ServerAliveCountMax={KEEPALIVE_COUNT}")
     return env
+
+
+def control_dir(run_id: str) -> Path:
+    """The run's SSH master connections (ControlPersist), removed after the run. Under
+    the home directory, not the artifacts: a socket path longer than about 100 characters
+    cannot be used."""
+    return Path("~/.ansible/cp").expanduser() / run_id
 
 
 def _ansible_cfg(path: Path) -> configparser.ConfigParser:
@@ -278,11 +315,13 @@ def execute(plan, run_id: str, private_dir: Path, redactor: Redactor, listener=N
         runner = ansible_runner.run(**{k: v for k, v in kwargs.items() if v is not None})
     except OSError as exc:  # ansible-runner's own writes (a full disk): the run ends here
         stop_orphans(run_id, grace=5.0)
+        shutil.rmtree(control_dir(run_id), ignore_errors=True)
         where = exc.filename or private_dir
         return Outcome("error", -1, host_results(execution.tasks, None, execution.platform_of),
                        execution.tasks, f"cannot write {where}: {exc.strerror or exc}"
                        f"{free_space(Path(where))}")
     stop_orphans(run_id, grace=5.0)  # a cancelled run can leave module processes behind
+    shutil.rmtree(control_dir(run_id), ignore_errors=True)
     artifacts = Path(runner.config.artifact_dir)
     redactor.scrub_tree(artifacts, skip=("job_events",))  # events: scrubbed in handle()
     _mark_redacted(private_dir)

@@ -236,6 +236,11 @@ def test_unreachable_host_and_host_key_mismatch(cli, estate, host_lab):
         outcomes = dict(db.execute("SELECT host, outcome FROM host_results WHERE run_id = ?",
                                    (last,)))
         assert outcomes == {"web-1": "ok", "web-2": "unreachable", "db-1": "changed"}
+        # without the pre-flight, Ansible itself refuses the changed key: ansible-runner's
+        # default (host key checking off) must not beat ansible.cfg and the inventory
+        blind = run(cli, estate, "--preflight", "off", "--json", code=4)
+        [result] = [e for e in events(blind) if e["event"] == "cycle_result"]
+        assert result["hosts"] == {"web-1": "ok", "web-2": "unreachable", "db-1": "ok"}
     finally:
         host_lab.rekey_host("web-2", update_known_hosts=True)
     # all three now, nothing to change: web-2 converged before its new key, and its power

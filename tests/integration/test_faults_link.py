@@ -246,9 +246,9 @@ def test_a_host_whose_link_is_cut_is_unreachable_while_the_others_finish(
     print(f"\ncut run: {done.seconds:.1f}s in all, {after_cut:.1f}s after the cut; {CUT} "
           f"unreachable {unreachable_after:.1f}s after the cut")
     # about 4 missed keepalives (ServerAliveCountMax), then the tasks left: the run does
-    # not wait for the link
-    assert unreachable_after < KEEPALIVE * (4 + 1) + 5, unreachable_after
-    assert after_cut < KEEPALIVE * 4 + 30, after_cut
+    # not wait for the link (bounds with room for a loaded machine, well under OUTAGE)
+    assert unreachable_after < KEEPALIVE * (4 + 1) + 25, unreachable_after
+    assert after_cut < KEEPALIVE * 4 + 60, after_cut
     # the keepalives asked for are on the command line of every ssh Ansible started
     asked = f"-o ServerAliveInterval={KEEPALIVE} -o ServerAliveCountMax=4"
     assert done.watch.ssh and all(asked in " ".join(argv) for argv in done.watch.ssh), \
@@ -293,9 +293,10 @@ def test_a_task_that_hangs_on_one_host_fails_there_after_task_timeout(
         cli, git_servers, clean_hosts, tmp_path):
     lab = clean_hosts
     stuck = "db-1"
-    sleeps = {h: HANG if h == stuck else 2 for h in lab.hosts}
+    # the timeout leaves room for a loaded machine: the others' tasks must not reach it
+    sleeps = {h: HANG if h == stuck else 1 for h in lab.hosts}
     estate = slow_estate(git_servers, lab, tmp_path, "task-timeout", sleeps)
-    hasty = Cli(cli.state_dir, {"GITOPS_ANSIBLE_TASK_TIMEOUT": "5"})
+    hasty = Cli(cli.state_dir, {"GITOPS_ANSIBLE_TASK_TIMEOUT": "15"})
     try:
         done = run_watched(hasty, lab, estate)
     finally:  # Ansible stops waiting; the command goes on on the host
@@ -304,8 +305,8 @@ def test_a_task_that_hangs_on_one_host_fails_there_after_task_timeout(
             lab.exec(stuck, ["kill", *left])
     print(f"\nrun with a task hanging on {stuck}: {done.seconds:.1f}s")
     assert done.code == 4, done.stderr
-    assert done.seconds < 60, done.seconds
-    assert done.watch.playbook_env.get("ANSIBLE_TASK_TIMEOUT") == "5"
+    assert done.seconds < 120, done.seconds  # the hung task would take HANG seconds
+    assert done.watch.playbook_env.get("ANSIBLE_TASK_TIMEOUT") == "15"
     others = [h for h in lab.hosts if h != stuck]
     assert written(lab, "done") == written(lab, "after") == dict.fromkeys(others,
                                                                            estate.revision)
@@ -314,4 +315,4 @@ def test_a_task_that_hangs_on_one_host_fails_there_after_task_timeout(
     assert outcomes == {**dict.fromkeys(others, "changed"), stuck: "failed"}
     failed = [t for t in detail["tasks"] if t["status"] == "failed"]
     assert [(t["host"], t["task"], t["message"]) for t in failed] == [
-        (stuck, "Take our time", "Task failed: Timed out after 5 second(s).")]  # Ansible's
+        (stuck, "Take our time", "Task failed: Timed out after 15 second(s).")]  # Ansible's

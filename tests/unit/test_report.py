@@ -31,3 +31,19 @@ def test_render_diff_shows_changed_lines():
     text = render_diff([{"before": "a\nb\n", "after": "a\nc\n", "before_header": "/etc/x",
                          "after_header": "/etc/x"}])
     assert "-b" in text and "+c" in text and "/etc/x" in text
+
+
+def test_a_task_report_of_many_objects_is_kept_whole_then_counted():
+    from types import SimpleNamespace
+
+    from gitops_ansible.execute import REPORT_MAX, REPORT_VAR, Execution
+
+    execution = Execution(SimpleNamespace(platforms={"kubernetes": ["big"]}), Redactor())
+    items = [f"ConfigMap ns/cm-{n:04d}: created" for n in range(1000)]
+    execution.handle({"event": "runner_on_ok", "event_data": {
+        "host": "big", "task": "Report", "res": {"changed": True, REPORT_VAR: items}}})
+    [result] = execution.tasks
+    assert result.status == "changed" and result.message.startswith(items[0])
+    shown = result.message.split("; ")
+    assert len(result.message) <= REPORT_MAX + 20 and len(shown) > 500  # not 57
+    assert shown[-1] == f"(+{1000 - len(shown) + 1} more)" and shown[-2] in items
