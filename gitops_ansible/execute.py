@@ -314,12 +314,15 @@ def execute(plan, run_id: str, private_dir: Path, redactor: Redactor, listener=N
     try:
         runner = ansible_runner.run(**{k: v for k, v in kwargs.items() if v is not None})
     except OSError as exc:  # ansible-runner's own writes (a full disk): the run ends here
+        _let_go(exc)
         stop_orphans(run_id, grace=5.0)
         shutil.rmtree(control_dir(run_id), ignore_errors=True)
         where = exc.filename or private_dir
-        return Outcome("error", -1, host_results(execution.tasks, None, execution.platform_of),
-                       execution.tasks, f"cannot write {where}: {exc.strerror or exc}"
-                       f"{free_space(Path(where))}")
+        cancelled = execution.cancel.is_set()
+        return Outcome("cancelled" if cancelled else "error", -1,
+                       host_results(execution.tasks, None, execution.platform_of),
+                       execution.tasks, ("cancelled; then " if cancelled else "")
+                       + f"cannot write {where}: {exc.strerror or exc}{free_space(Path(where))}")
     stop_orphans(run_id, grace=5.0)  # a cancelled run can leave module processes behind
     shutil.rmtree(control_dir(run_id), ignore_errors=True)
     artifacts = Path(runner.config.artifact_dir)
@@ -337,6 +340,27 @@ def execute(plan, run_id: str, private_dir: Path, redactor: Redactor, listener=N
         outcome.message = redactor.scrub(_ansible_error(artifacts / "stdout", plan.checkout)) \
             or f"ansible-playbook ended with rc {runner.rc} and no results"
     return outcome
+
+
+def _let_go(exc: OSError) -> None:
+    """Close what ansible-runner left open when its write failed: its output file still
+    holds buffered data, and closing it (when collected) fails again and Python prints a
+    traceback. Collected here, with that second failure of the same kind kept quiet."""
+    import gc
+    import traceback
+
+    default = sys.unraisablehook
+
+    def quiet(unraisable):
+        if not isinstance(unraisable.exc_value, OSError):
+            default(unraisable)
+
+    sys.unraisablehook = quiet
+    try:
+        traceback.clear_frames(exc.__traceback__)
+        gc.collect()
+    finally:
+        sys.unraisablehook = default
 
 
 def _mark_redacted(private_dir: Path) -> None:

@@ -55,6 +55,10 @@ class Journal:
     def line(self, ts: float, level: str, text: str) -> None:
         self._write({"line": [ts, level, self.redactor.scrub(text)]})
 
+    def verdict(self, status: str, message: str) -> None:
+        """How the run ended, when the store could not be told."""
+        self._write({"verdict": [status, self.redactor.scrub(message)]})
+
     def close(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
@@ -69,12 +73,14 @@ class Journal:
 @dataclass
 class Replayed:
     """What a journal holds: the task results, Ansible's stats (None: Ansible never
-    finished), the log lines, each host's platform, and when its last line was written."""
+    finished), the log lines, each host's platform, when its last line was written, and
+    how the run ended if it ended but could not be recorded (status, message)."""
     tasks: list[TaskResult] = field(default_factory=list)
     stats: dict | None = None
     lines: list[tuple[float, str, str]] = field(default_factory=list)
     platforms: dict[str, str] = field(default_factory=dict)
     last_at: float | None = None
+    verdict: tuple[str, str] | None = None
 
 
 def replay(path: Path) -> Replayed | None:
@@ -99,4 +105,6 @@ def replay(path: Path) -> Replayed | None:
             found.lines.append(tuple(entry["line"]))
         elif "platforms" in entry:
             found.platforms = entry["platforms"]
+        elif "verdict" in entry:
+            found.verdict = tuple(entry["verdict"])
     return found

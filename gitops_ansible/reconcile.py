@@ -225,11 +225,17 @@ def _finish_off(settings, store: Store, row: dict, reporter: Reporter) -> None:
     found = journal.replay(path) or journal.Replayed()
     hosts = host_results(found.tasks, found.stats, found.platforms)
     changed = sorted(h for h, result in hosts.items() if result.outcome == "changed")
-    what = ("Ansible had finished" if found.stats is not None else
-            f"{plural(len(found.tasks), 'task result')} recorded from its journal"
-            if found.tasks else "no result had arrived")
-    message = (f"the process ended before the run completed ({what})"
-               + (f"; changed: {', '.join(changed)}" if changed else ""))
+    if found.verdict:  # it ended, and could not be recorded
+        message = f"the run ended ({found.verdict[0]}) but could not be recorded: " \
+                  f"{found.verdict[1]}"
+    elif not path.exists():  # a journal starts right before Ansible does
+        message = ("not completed before Ansible ran (its process ended, or its record "
+                   "could not be written): nothing was changed")
+    else:
+        what = ("Ansible had finished" if found.stats is not None else
+                f"{plural(len(found.tasks), 'task result')} recorded from its journal")
+        message = f"the process ended before the run completed ({what})"
+    message += f"; changed: {', '.join(changed)}" if changed else ""
     store.interrupted(row["id"], message, found.last_at or time.time(),
                       [hosts[h] for h in sorted(hosts)], found.tasks, kept(found.lines))
     path.unlink(missing_ok=True)
@@ -679,6 +685,7 @@ class Cycle:
         kept_in = (f"; its results stay in {self.journal.path} for the next cycle to record"
                    if self.journal and not self.journal.error else "")
         if self.journal:
+            self.journal.verdict(str(verdict.status), verdict.message)
             self.journal.close()
         if verdict.message == str(exc):  # the store failed before the end: said already
             message = verdict.message + kept_in

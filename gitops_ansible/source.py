@@ -28,6 +28,7 @@ from pathlib import Path
 
 from . import names
 from .problems import text_lines
+from .report import free_space
 
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 TRANSPORTS = ("file", "git", "ssh", "https")
@@ -105,7 +106,11 @@ def _git(args: list[str], settings, cwd: Path | None = None) -> str:
         raise SourceError(f"git {args[0]} timed out after {settings.git_timeout}s") from None
     if done.returncode != 0:
         detail = " | ".join(text_lines(done.stderr))[-600:] or f"exit code {done.returncode}"
-        raise SourceError(f"git {args[0]} {redact_url(settings.repo or '')}: {redact_url(detail)}")
+        # git's "unable to write loose object file" names no file system: say which, and
+        # how full it is
+        room = free_space(cwd or settings.work_path) if "No space left" in done.stderr else ""
+        raise SourceError(f"git {args[0]} {redact_url(settings.repo or '')}: "
+                          f"{redact_url(detail)}{room}")
     return done.stdout
 
 
@@ -167,7 +172,7 @@ def fetch(settings, revision: str, tags: bool = False,
     mirror = mirror_path(settings)
     if not (mirror / "HEAD").exists():
         mirror.parent.mkdir(parents=True, exist_ok=True)
-        git.Repo.init(mirror, bare=True)
+        _git(["init", "--quiet", "--bare", str(mirror)], settings)
     clean_leftovers(mirror)
     # --prune: a tag deleted on the remote no longer counts for a tag policy;
     # --no-auto-gc: git's own gc would detach and outlive the lock (housekeep runs it)

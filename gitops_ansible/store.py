@@ -420,7 +420,8 @@ class Store:
             self._open()
         except (sqlite3.DatabaseError, StoreError) as exc:
             self.db.close()
-            if isinstance(exc, sqlite3.OperationalError) and TRANSIENT.search(str(exc)):
+            if isinstance(exc, sqlite3.OperationalError) and (
+                    TRANSIENT.search(str(exc)) or _no_room(path.parent)):
                 raise self.unavailable(exc) from None
             raise StoreError(self._advice(exc)) from None
 
@@ -624,7 +625,9 @@ class Store:
             return StoreUnavailable(
                 f"run store {self.path}: locked by another process for more than "
                 f"{BUSY_TIMEOUT}s{lock_holder(self.path)}; nothing was recorded")
-        return StoreUnavailable(f"run store {self.path}: {text}{free_space(self.path.parent)}")
+        room = _no_room(self.path.parent)
+        return StoreUnavailable(f"run store {self.path}: {text}{free_space(self.path.parent)}"
+                                + (f" ({room})" if room else ""))
 
 
 def _unavailable_as_error(method):
@@ -641,6 +644,18 @@ def _unavailable_as_error(method):
 for _name, _method in list(vars(Store).items()):
     if callable(_method) and not _name.startswith("_") and _name not in ("close", "unavailable"):
         setattr(Store, _name, _unavailable_as_error(_method))
+
+
+def _no_room(directory: Path) -> str:
+    """'no free space' or 'no free inode' when the file system is full ('' if it is not):
+    SQLite then says only "unable to open database file", which is not the file's fault."""
+    try:
+        found = os.statvfs(directory)
+    except OSError:
+        return ""
+    if found.f_files > 0 and found.f_favail == 0:
+        return "no free inode"
+    return "no free space" if found.f_bavail == 0 else ""
 
 
 def lock_holder(path: Path) -> str:

@@ -186,11 +186,7 @@ def assert_recovered(cli, estate, state: Path, filler: Path, revision: str,
 @pytest.mark.parametrize("free, noise", [
     pytest.param(60, 0, id="60KiB"),    # Git cannot write the fetched objects
     pytest.param(336, 0, id="336KiB"),  # Ansible runs (here: to its end), the record fails
-    pytest.param(1024, 200_000, id="1MiB", marks=pytest.mark.xfail(strict=True, reason=(
-        "the disk fills in ansible-runner's event writes: its stdout file, left open "
-        "when its flush fails, is flushed again by the garbage collector and Python "
-        "prints 'Exception ignored ... Traceback ... OSError: [Errno 28]' on stderr "
-        "(execute.py, except OSError around ansible_runner.run)"))),
+    pytest.param(1024, 200_000, id="1MiB"),  # ansible-runner's own writes fail mid-run
 ])
 def test_full_disk_is_one_error_and_the_next_cycle_records_and_converges(
         cli, converged, small_disk, free, noise):
@@ -205,11 +201,6 @@ def test_full_disk_is_one_error_and_the_next_cycle_records_and_converges(
     assert_recovered(cli, converged, small_disk, filler, revision, before)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "source.fetch creates the mirror with GitPython's git.Repo.init, whose "
-    "GitCommandError (git init: No space left on device) is neither a SourceError nor "
-    "an OSError: 'internal error: GitCommandError' and a traceback file; and a fetch "
-    "that fails for want of space does not say how much is free (source._git)"))
 def test_full_work_dir_on_the_first_run_is_one_error(cli, estate, tmp_path):
     """--workdir (the Git mirror and checkouts) on the small disk, 60 KiB free, no
     mirror yet; the state directory has room: the run is recorded as it ends."""
