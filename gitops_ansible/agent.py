@@ -7,6 +7,10 @@ before prod). Cycles of one environment never overlap (one loop, and the environ
 lock against cron or CI runs beside the agent). A failed cycle is retried after
 ``retry_base`` seconds, doubling up to ``retry_max``; the last good revision stays applied.
 
+A cycle that finds nothing to do runs in the agent's process (Git's ref and the store are
+asked, nothing heavy is imported); one that converges, and every drift check, runs in a
+child process (``child.py``), so that Ansible's imports and memory leave with it.
+
 Signals: SIGTERM (and SIGINT) let the running cycle finish within ``grace`` seconds, then
 cancel it (recorded as cancelled); a second one cancels it at once. SIGHUP reloads the
 config file after the running cycle: a file that does not pass the checks is refused and
@@ -27,6 +31,7 @@ import time
 from contextlib import closing
 from dataclasses import dataclass, field
 
+from . import child
 from . import config as config_mod
 from .alerts import Alert, AlertState, ended_status, held_status, started_status
 from .notify import Notifier
@@ -210,7 +215,12 @@ class Agent:
             return
         if config.agent["listen"] != self.config.agent["listen"]:
             self.reporter.log("config reload: a new listen address takes a restart", "warning")
-        self.states = adopt(self.states, config, time.monotonic())
+        try:
+            self.states = adopt(self.states, config, time.monotonic())
+        except StoreError as exc:  # locked or full: the reload is tried again soon
+            self.reporter.log(f"config reload postponed: {exc}", "error")
+            self.reload_requested = True
+            return
         self.config = config
         self.notifier.targets = config.notify
         self.notifier.alert_interval = config.agent["alert_interval"]
@@ -267,9 +277,15 @@ class Agent:
         # Diffs are recorded for the run's page unless the source turns them off (diff =
         # false); the agent's log does not print them.
         diff = src.settings.diff or src.settings.sources.get("diff", "default") == "default"
-        result = cycle(self._settings(state, force=force or src.settings.force, diff=diff),
-                       Mode.PULL, self._reporter(env=env), trigger, self.cancel, on_start,
-                       self.who)
+        settings = self._settings(state, force=force or src.settings.force, diff=diff)
+        reporter = self._reporter(env=env)
+        # Asked here (Git's ref, the store): with something to converge, the cycle runs in a
+        # process of its own, and Ansible leaves with it.
+        result = cycle(settings, Mode.PULL, reporter, trigger, self.cancel, on_start, self.who,
+                       elsewhere=True)
+        if result.status is RunStatus.RUNNING:
+            result = child.cycle(settings, Mode.PULL, reporter, trigger, self.cancel, on_start,
+                                 self.who)
         self.metrics.inc("gitops_ansible_cycles_total", env=env, result=result.status)
         if result.run_id and result.status not in (RunStatus.NOTHING, RunStatus.SUSPENDED):
             self.metrics.observe(env, time.monotonic() - started)
@@ -295,8 +311,8 @@ class Agent:
     def _drift(self, state: SourceState) -> None:
         src, env = state.source, state.env
         started = time.monotonic()
-        result = cycle(self._settings(state, diff=False), Mode.DRIFT, self._reporter(env=env),
-                       "drift", self.cancel, started_by=self.who)
+        result = child.cycle(self._settings(state, diff=False), Mode.DRIFT,
+                             self._reporter(env=env), "drift", self.cancel, started_by=self.who)
         state.next_drift = time.monotonic() + src.options["drift_interval"]
         self.metrics.inc("gitops_ansible_drift_checks_total", env=env, result=result.status)
         if result.run_id:

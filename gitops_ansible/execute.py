@@ -225,10 +225,12 @@ def runner_env(plan, run_id: str) -> dict:
     settings = _ansible_cfg(Path(env.get("ANSIBLE_CONFIG") or os.environ.get("ANSIBLE_CONFIG")
                                  or next((p for p in CONFIG_FILES if p.is_file()), config)))
     # ansible-runner sets ANSIBLE_HOST_KEY_CHECKING=False when its caller does not: that
-    # would beat ansible.cfg and the inventory's StrictHostKeyChecking=yes.
+    # would beat ansible.cfg and the inventory's StrictHostKeyChecking=yes. What the
+    # settings file says goes on ([ssh_connection] first, as Ansible reads it).
     if "ANSIBLE_HOST_KEY_CHECKING" not in os.environ:
-        env["ANSIBLE_HOST_KEY_CHECKING"] = settings.get("defaults", "host_key_checking",
-                                                        fallback="True")
+        said = _option(settings, "ssh_connection", "host_key_checking") or \
+            _option(settings, "defaults", "host_key_checking") or "True"
+        env["ANSIBLE_HOST_KEY_CHECKING"] = str(said.strip().lower() not in FALSE)
     env.update(fault_defaults(plan, settings, run_id))
     return env
 
@@ -257,8 +259,8 @@ def fault_defaults(plan, config: configparser.ConfigParser, run_id: str) -> dict
     if plan.task_timeout and "ANSIBLE_TASK_TIMEOUT" not in os.environ and \
             not config.has_option("defaults", "task_timeout"):
         env["ANSIBLE_TASK_TIMEOUT"] = str(plan.task_timeout)
-    args = os.environ.get("ANSIBLE_SSH_ARGS") or config.get("ssh_connection", "ssh_args",
-                                                             fallback=ANSIBLE_SSH_ARGS)
+    args = os.environ.get("ANSIBLE_SSH_ARGS") or _option(config, "ssh_connection",
+                                                         "ssh_args") or ANSIBLE_SSH_ARGS
     if plan.ssh_keepalive and "serveraliveinterval" not in args.lower():
         env["ANSIBLE_SSH_ARGS"] = (f"{args} -o ServerAliveInterval={plan.ssh_keepalive} "
                                    f"-o ServerAliveCountMax={KEEPALIVE_COUNT}")
@@ -267,20 +269,35 @@ def fault_defaults(plan, config: configparser.ConfigParser, run_id: str) -> dict
 
 def control_dir(run_id: str) -> Path:
     """The run's SSH master connections (ControlPersist), removed after the run. Under
-    the home directory, not the artifacts: a socket path longer than about 100 characters
-    cannot be used."""
-    return Path("~/.ansible/cp").expanduser() / run_id
+    the home directory, not the artifacts, and named by the run id's random part: a
+    socket path longer than 107 characters cannot be used (Ansible's name in it is 40)."""
+    return Path("~/.ansible/cp").expanduser() / f"ga-{run_id.rsplit('-', 1)[-1]}"
+
+
+FALSE = {"false", "no", "off", "0", "n", "f"}  # Ansible's words for a false boolean
 
 
 def _ansible_cfg(path: Path) -> configparser.ConfigParser:
-    """The repository's ansible.cfg as Ansible reads it (empty when there is none or it
-    does not parse: Ansible then says why)."""
-    parser = configparser.ConfigParser(interpolation=None)
+    """Ansible's settings file, parsed as Ansible parses it (';' starts an inline
+    comment, '%%' is '%'); empty when there is none or it does not parse: Ansible then
+    says why."""
+    def parser():
+        return configparser.ConfigParser(inline_comment_prefixes=(";",))
+
+    found = parser()
     try:
-        parser.read(path)
+        found.read(path)
     except (configparser.Error, UnicodeDecodeError):
-        return configparser.ConfigParser(interpolation=None)
-    return parser
+        return parser()
+    return found
+
+
+def _option(config: configparser.ConfigParser, section: str, key: str) -> str | None:
+    """A setting as Ansible would read it (None when unset or it cannot be read)."""
+    try:
+        return config.get(section, key, fallback=None)
+    except configparser.Error:
+        return None
 
 
 def cmdline(plan) -> str:
@@ -317,6 +334,7 @@ def execute(plan, run_id: str, private_dir: Path, redactor: Redactor, listener=N
         _let_go(exc)
         stop_orphans(run_id, grace=5.0)
         shutil.rmtree(control_dir(run_id), ignore_errors=True)
+        _redact(redactor, private_dir, private_dir / "artifacts" / run_id)
         where = exc.filename or private_dir
         cancelled = execution.cancel.is_set()
         return Outcome("cancelled" if cancelled else "error", -1,
@@ -326,8 +344,7 @@ def execute(plan, run_id: str, private_dir: Path, redactor: Redactor, listener=N
     stop_orphans(run_id, grace=5.0)  # a cancelled run can leave module processes behind
     shutil.rmtree(control_dir(run_id), ignore_errors=True)
     artifacts = Path(runner.config.artifact_dir)
-    redactor.scrub_tree(artifacts, skip=("job_events",))  # events: scrubbed in handle()
-    _mark_redacted(private_dir)
+    _redact(redactor, private_dir, artifacts)
     status = "cancelled" if runner.status == "canceled" else runner.status
     outcome = Outcome(status=status, rc=runner.rc if runner.rc is not None else -1,
                       hosts=host_results(execution.tasks, execution.stats, execution.platform_of),
@@ -363,11 +380,17 @@ def _let_go(exc: OSError) -> None:
         sys.unraisablehook = default
 
 
-def _mark_redacted(private_dir: Path) -> None:
+def _redact(redactor: Redactor, private_dir: Path, artifacts: Path) -> None:
+    """Scrub the artifacts of secrets (the events were scrubbed as they came), then mark
+    them redacted; artifacts that cannot be scrubbed (a full disk) are removed, never
+    kept with a secret in them."""
     try:
+        redactor.scrub_tree(artifacts, skip=("job_events",))
+        for partial in artifacts.glob("job_events/*-partial.json"):  # Ansible's, unscrubbed
+            partial.unlink()
         (private_dir / REDACTED).touch()
-    except OSError:  # not kept then: a later cycle drops artifacts it cannot trust
-        pass
+    except OSError:
+        shutil.rmtree(private_dir, ignore_errors=True)
 
 
 _ORIGIN = re.compile(r"Origin: (?P<path>.+?)(?P<pos>(:\d+)+)$")

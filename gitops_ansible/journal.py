@@ -31,20 +31,28 @@ class Journal:
     """The append side. A write that fails (a full disk) is kept in ``error`` and ends the
     run (the caller cancels it): results that cannot be made durable are not gathered."""
 
-    def __init__(self, path: Path, redactor, platforms: dict[str, str]):
+    def __init__(self, path: Path, redactor, platforms: dict[str, str], run: dict):
         self.path, self.redactor, self.error = path, redactor, None
         path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._write({"platforms": platforms})
+        self._write({"platforms": platforms, "run": run})
 
     def _write(self, entry: dict) -> None:
+        """One whole line or none: a write cut short (a full disk) is taken back."""
         if self.error or self.fd is None:
             return
         data = (json.dumps({"at": round(time.time(), 3), **entry}, default=str) + "\n").encode()
+        start = os.lseek(self.fd, 0, os.SEEK_END)
         try:
-            os.write(self.fd, data)
+            written = 0
+            while written < len(data):
+                written += os.write(self.fd, data[written:])
         except OSError as exc:
             self.error = exc
+            try:
+                os.ftruncate(self.fd, start)
+            except OSError:
+                pass  # replay leaves out a line that does not parse
 
     def task(self, result: TaskResult) -> None:
         self._write({"task": dataclasses.asdict(result)})
@@ -81,6 +89,7 @@ class Replayed:
     platforms: dict[str, str] = field(default_factory=dict)
     last_at: float | None = None
     verdict: tuple[str, str] | None = None
+    run: dict = field(default_factory=dict)  # what the run converged: revision, signer, ...
 
 
 def replay(path: Path) -> Replayed | None:
@@ -93,18 +102,27 @@ def replay(path: Path) -> Replayed | None:
     found = Replayed()
     for raw in text.splitlines():
         try:
-            entry = json.loads(raw)
-        except json.JSONDecodeError:
+            _read(json.loads(raw), found)
+        except (ValueError, TypeError, AttributeError, KeyError):  # cut, or not ours
             continue
-        found.last_at = entry.get("at", found.last_at)
-        if "task" in entry:
-            found.tasks.append(TaskResult(**entry["task"]))
-        elif "stats" in entry:
-            found.stats = entry["stats"]
-        elif "line" in entry:
-            found.lines.append(tuple(entry["line"]))
-        elif "platforms" in entry:
-            found.platforms = entry["platforms"]
-        elif "verdict" in entry:
-            found.verdict = tuple(entry["verdict"])
     return found
+
+
+TASK_FIELDS = frozenset(f.name for f in dataclasses.fields(TaskResult))
+
+
+def _read(entry: dict, found: Replayed) -> None:
+    if "task" in entry:
+        found.tasks.append(TaskResult(**{k: v for k, v in entry["task"].items()
+                                         if k in TASK_FIELDS}))
+    elif "stats" in entry:
+        found.stats = dict(entry["stats"])
+    elif "line" in entry:
+        ts, level, text = entry["line"]
+        found.lines.append((ts, level, text))
+    elif "platforms" in entry:
+        found.platforms, found.run = dict(entry["platforms"]), dict(entry.get("run") or {})
+    elif "verdict" in entry:
+        status, message = entry["verdict"]
+        found.verdict = (status, message)
+    found.last_at = entry.get("at", found.last_at)

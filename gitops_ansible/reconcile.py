@@ -14,6 +14,7 @@ import fcntl
 import functools
 import os
 import random
+import shutil
 import threading
 import time
 from contextlib import closing
@@ -61,6 +62,11 @@ class Stop(Exception):
 
 class Cancelled(Exception):
     """A signal stopped the cycle before Ansible ran."""
+
+
+class Elsewhere(Exception):
+    """The cycle has a changing run to do, and was asked to leave it to another process
+    (``Start.elsewhere``): it ends before the run starts, recording nothing."""
 
 
 class Cancel(threading.Event):
@@ -140,7 +146,7 @@ class Lock:
 
 def cycle(settings, mode: Mode | str, reporter: Reporter | None = None,
           trigger: str | None = None, cancel: threading.Event | None = None,
-          on_start=None, started_by: str | None = None) -> Result:
+          on_start=None, started_by: str | None = None, elsewhere: bool = False) -> Result:
     """Run one cycle; the result carries the exit code. What the cycle meets after it took
     its lock (Git, the repository, Ansible, a bug) ends in the result, recorded; before
     that, a ``ConfigError`` (a missing setting), a ``StoreError``, an ``OSError`` (the
@@ -150,7 +156,10 @@ def cycle(settings, mode: Mode | str, reporter: Reporter | None = None,
     recorded with the run (schedule, manual, ci, webhook:..., sync, drift, heal; default
     manual); ``on_start`` is called with the ``RunRecord`` when a changing run of a known
     revision starts, once its revision has passed the signature policy; ``started_by``
-    (who or what started it: ``user@host``, ``agent@host``) is recorded.
+    (who or what started it: ``user@host``, ``agent@host``) is recorded. ``elsewhere``
+    (pull mode, the agent): a cycle that finds a revision to converge ends there, with
+    status ``running`` and nothing recorded, for the caller to run it in a process of its
+    own (``child.cycle``); a cycle with nothing to do ends as usual.
     """
     mode = Mode(mode)
     reporter = reporter or Reporter()
@@ -159,7 +168,7 @@ def cycle(settings, mode: Mode | str, reporter: Reporter | None = None,
     try:
         _interruptible(cancel, True)
         return _cycle(settings, mode, reporter, Start(trigger or "manual", on_start,
-                                                      started_by), cancel)
+                                                      started_by, elsewhere), cancel)
     finally:
         _interruptible(cancel, False)
 
@@ -171,6 +180,7 @@ class Start:
     trigger: str
     on_start: object = None
     started_by: str | None = None
+    elsewhere: bool = False
 
 
 def _cycle(settings, mode: Mode, reporter: Reporter, start: Start, cancel) -> Result:
@@ -202,6 +212,7 @@ def _locked(settings, mode: Mode, store: Store, reporter: Reporter, start: Start
     left, honour a suspension, run the steps."""
     for row in store.running(settings.env):
         _finish_off(settings, store, row, reporter)
+    _sweep_journals(settings, store)
     suspended = store.env_state(settings.env).suspended_reason
     if suspended and mode is Mode.PULL:
         message = f"{settings.env}: suspended ({suspended}); no changing run until resumed"
@@ -218,9 +229,10 @@ def _finish_off(settings, store: Store, row: dict, reporter: Reporter) -> None:
     """A run whose process died (or could not record it): stop its leftover Ansible
     processes, record it interrupted with what its journal holds, then drop its
     artifacts unless they were redacted."""
-    from .execute import REDACTED, host_results, stop_orphans
+    from .execute import REDACTED, control_dir, host_results, stop_orphans
 
     stopped = stop_orphans(row["id"])
+    shutil.rmtree(control_dir(row["id"]), ignore_errors=True)
     path = journal.path_for(settings.state_path, row["id"])
     found = journal.replay(path) or journal.Replayed()
     hosts = host_results(found.tasks, found.stats, found.platforms)
@@ -237,7 +249,8 @@ def _finish_off(settings, store: Store, row: dict, reporter: Reporter) -> None:
         message = f"the process ended before the run completed ({what})"
     message += f"; changed: {', '.join(changed)}" if changed else ""
     store.interrupted(row["id"], message, found.last_at or time.time(),
-                      [hosts[h] for h in sorted(hosts)], found.tasks, kept(found.lines))
+                      [hosts[h] for h in sorted(hosts)], found.tasks, kept(found.lines),
+                      found.run)
     path.unlink(missing_ok=True)
     artifacts = Path(row["artifacts"]) if row["artifacts"] else None
     if not (artifacts and (artifacts / REDACTED).exists()):
@@ -247,11 +260,19 @@ def _finish_off(settings, store: Store, row: dict, reporter: Reporter) -> None:
                  "warning")
 
 
+def _sweep_journals(settings, store: Store) -> None:
+    """Journals whose run is recorded (the process was killed between the record and the
+    journal's removal): their content is in the store. Those of running runs (of any
+    environment) stay."""
+    for path in (settings.state_path / "journal").glob("*.jsonl"):
+        run = store.run(path.stem)
+        if run and run["status"] != "running":
+            path.unlink(missing_ok=True)
+
+
 def _discard_artifacts(store: Store, run_id: str, path: str | None) -> None:
     """Artifacts of a run that never reached redaction are not kept."""
     if path:
-        import shutil
-
         shutil.rmtree(path, ignore_errors=True)
     store.forget_artifacts(run_id)
 
@@ -287,6 +308,10 @@ class Cycle:
                 _interruptible(self.cancel, False)
         except Stop as early:
             stop, verdict = early, early.verdict
+        except Elsewhere:
+            return Result(ExitCode.OK, RunStatus.RUNNING, f"{self.env}: revision "
+                          f"{self.revision[:12]} to be converged in a process of its own",
+                          revision=self.revision)
         except ConfigError as exc:  # e.g. a git_token_file that cannot be read
             verdict = Verdict(RunStatus.REFUSED, f"config error: {exc}")
         except Cancelled:
@@ -299,7 +324,6 @@ class Cycle:
         return self._finish(verdict, stop)
 
     def _steps(self) -> Verdict:
-        self._free_space()
         if self.mode is not Mode.DRIFT:  # settings that cannot work: refused before a run
             gate.check(self.settings)
             self.policy  # noqa: B018 (reads and checks the key files)
@@ -321,13 +345,13 @@ class Cycle:
         return self._converge(checkout, revision)
 
     def _free_space(self) -> None:
-        """Refuse to start with less than min_free_mb free where the run writes: a full
-        disk mid-run breaks Git, Ansible and the records at once."""
+        """A run does not start with less than min_free_mb free where it writes: a full
+        disk mid-run breaks Git, Ansible and the records at once. (A cycle with nothing
+        to do starts no run and needs no room.)"""
         minimum = self.settings.min_free_mb
         for where in dict.fromkeys((self.settings.state_path, self.settings.work_path)):
             free = free_mb(where)
             if minimum and free is not None and free < minimum:
-                self._start(None)
                 raise Stop(Verdict(RunStatus.ERROR, f"{where} has {free:.1f} MiB free, less "
                                    f"than min_free_mb = {minimum}: nothing was run; free some "
                                    "space (or lower min_free_mb)"))
@@ -362,12 +386,16 @@ class Cycle:
         if self.mode is Mode.PULL:  # plan --repo plans the ref it is given
             self.target = gate.target(state, tip, self.store, self.settings, time.time())
             revision = self.target.revision
-            self.ahead = self._ahead(state, tip)
         gated = bool(self.target and self.target.why)  # a pin or the promotion gate
         self.revision = revision
+        decision = plan_mod.decide(state, revision, self.settings.force, self.check) \
+            if revision else None
+        if decision and decision.converge and self.start.elsewhere:
+            raise Elsewhere()  # before anything that fetches (and imports GitPython)
+        if self.mode is Mode.PULL:
+            self.ahead = self._ahead(state, tip)
         if revision is None:
             raise Stop(self._waiting(tip))
-        decision = plan_mod.decide(state, revision, self.settings.force, self.check)
         if not decision.converge:
             raise Stop(self._nothing(state, revision, decision))
         self._start(revision)
@@ -477,6 +505,7 @@ class Cycle:
                                         revision=revision, check_mode=self.check,
                                         started_by=self.start.started_by)
             self.store.start_run(self.run_record, str(self._artifacts()))
+            self._free_space()
         self.run_record.revision = revision
         self.reporter.bind(run_id=self.run_record.id, env=self.env, revision=revision)
 
@@ -572,8 +601,11 @@ class Cycle:
         """From here on, results and log lines are journaled as they come (what was said
         so far first)."""
         path = journal.path_for(self.settings.state_path, self.run_record.id)
+        run = self.run_record
         try:
-            self.journal = journal.Journal(path, self.redactor, platforms)
+            self.journal = journal.Journal(path, self.redactor, platforms, {
+                "revision": run.revision, "verify": run.verify, "signer": run.signer,
+                "subject": run.subject, "author": run.author})
         except OSError as exc:
             raise StoreUnavailable(f"the run's journal {path} cannot be written: "
                                    f"{exc.strerror or exc}{free_space(path)}") from None
@@ -631,8 +663,15 @@ class Cycle:
         (secrets scrubbed), the run and the user get one line saying where."""
         name = self.run_record.id if self.run_record else new_run_id()
         where = save_traceback(self.settings.state_path, name, self.redactor)
-        return Verdict(RunStatus.ERROR, self.redactor.scrub(
+        verdict = Verdict(RunStatus.ERROR, self.redactor.scrub(
             f"internal error: {type(exc).__name__}: {exc}{where}"))
+        found = journal.replay(self.journal.path) if self.journal else None
+        if found:  # Ansible ran: what it did is recorded with the error
+            from .execute import host_results
+
+            hosts = host_results(found.tasks, found.stats, found.platforms)
+            verdict.hosts, verdict.tasks = [hosts[h] for h in sorted(hosts)], found.tasks
+        return verdict
 
     # -- record -> report ---------------------------------------------------------------
     def _finish(self, verdict: Verdict, stop: Stop | None) -> Result:
@@ -654,12 +693,15 @@ class Cycle:
         if failed is None:
             try:
                 self._record(verdict)
-                if self.converged:
-                    self._retention()
             except StoreUnavailable as exc:
                 failed = exc
         if failed:
             verdict = self._unrecorded(verdict, failed)
+        elif self.converged:
+            try:
+                self._retention()
+            except StoreUnavailable as exc:  # recorded already: old artifacts stay a while
+                self.reporter.log(f"retention skipped: {exc}", "warning")
         run = self.run_record
         message = stop.message if stop and stop.message else verdict.message
         held = self.target or gate.Target(None)

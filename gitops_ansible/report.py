@@ -61,13 +61,13 @@ class Redactor:
             if not path.is_file() or path.is_symlink() or skip and \
                     set(path.relative_to(root).parts[:-1]) & set(skip):
                 continue
-            try:
-                text = path.read_text()
-            except (OSError, UnicodeDecodeError):
+            try:  # bytes that are not UTF-8 are kept as they are, around the secrets
+                text = path.read_text(errors="surrogateescape")
+            except FileNotFoundError:
                 continue
             clean = self.scrub(text)
             if clean != text:
-                path.write_text(clean)
+                path.write_text(clean, errors="surrogateescape")
 
 
 class Reporter:

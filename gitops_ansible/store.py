@@ -105,6 +105,8 @@ class StoreUnavailable(StoreError):
 
 # SQLite's words for a store that cannot be used now but may be soon.
 TRANSIENT = re.compile(r"locked|busy|full|disk I/O")
+# What a journal says of the run it belongs to, written when it is recorded interrupted.
+INTERRUPTED_FIELDS = ("revision", "verify", "signer", "subject", "author")
 BUSY_TIMEOUT = 30  # seconds a write waits for another process's transaction
 
 
@@ -559,15 +561,18 @@ class Store:
             (env,))]
 
     def interrupted(self, run_id: str, message: str, at: float, hosts=(), tasks=(),
-                    logs=()) -> None:
+                    logs=(), run: dict | None = None) -> None:
         """Record a run that never completed as interrupted at ``at``, with the results
-        that are known (its journal's), in one transaction."""
+        that are known (its journal's: ``run`` gives what it converged, its revision and
+        signature), in one transaction."""
+        known = {k: v for k, v in (run or {}).items() if k in INTERRUPTED_FIELDS}
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute(
-                "UPDATE runs SET status = ?, exit_code = ?, finished_at = ?, message = ? "
-                "WHERE id = ?", (str(RunStatus.INTERRUPTED),
-                                 int(RunStatus.INTERRUPTED.exit_code), at, message, run_id))
+                "UPDATE runs SET status = ?, exit_code = ?, finished_at = ?, message = ?"
+                + "".join(f", {k} = ?" for k in known) + " WHERE id = ?",
+                (str(RunStatus.INTERRUPTED), int(RunStatus.INTERRUPTED.exit_code), at, message,
+                 *known.values(), run_id))
             self._results(run_id, hosts, tasks, logs)
 
     def runs(self, env: str | None = None, limit: int = 20,
@@ -636,6 +641,8 @@ def _unavailable_as_error(method):
         try:
             return method(self, *args, **kwargs)
         except sqlite3.OperationalError as exc:
+            if not (TRANSIENT.search(str(exc)) or _no_room(self.path.parent)):
+                raise  # not a store that cannot be used now: a bug, with its traceback
             raise self.unavailable(exc) from None
     return guarded
 
@@ -658,6 +665,9 @@ def _no_room(directory: Path) -> str:
     return "no free space" if found.f_bavail == 0 else ""
 
 
+WAL_WRITE_LOCK = 120  # SQLite's WAL_WRITE_LOCK byte in the -shm file (wal.c)
+
+
 def lock_holder(path: Path) -> str:
     """' (held by pid N: COMMAND)' for a process holding a write lock on the store's
     files (Linux /proc/locks), '' when none is found."""
@@ -672,11 +682,15 @@ def lock_holder(path: Path) -> str:
     except OSError:
         return ""
     for line in lines:
-        fields = line.split()
-        if len(fields) < 6 or fields[3] != "WRITE" or not fields[4].isdigit():
+        fields = line.split()  # N: POSIX ADVISORY WRITE PID MAJ:MIN:INODE START END
+        if len(fields) < 8 or fields[3] != "WRITE" or not fields[4].isdigit():
             continue
         pid, inode = int(fields[4]), fields[5].rsplit(":", 1)[-1]
-        if pid != os.getpid() and inode.isdigit() and int(inode) in inodes:
+        suffix = inodes.get(int(inode)) if inode.isdigit() else None
+        # The writer's lock: byte 120 of -shm in WAL mode (the others are brief: readers'
+        # marks, checkpoints); any write lock on the database file itself otherwise.
+        writer = suffix == "" or (suffix == "-shm" and fields[6] == str(WAL_WRITE_LOCK))
+        if pid != os.getpid() and writer:
             try:
                 command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
             except OSError:
