@@ -385,6 +385,8 @@ def test_suspend_then_resume_and_sync(agents, estate, git_servers, cli, tmp_path
     cli("sync", "dev", "--agent", url, check_code=0)  # the interval is an hour
     agent.wait_for(lambda: greeting(estate) == "hello resumed\n", 120, "the converge after resume")
     agent.wait_for(lambda: agent.status()["applied_revision"] == new, 30, "the record")
+    # the converge ran in a child process; its result reaches the scheduler just after
+    agent.wait_for(lambda: agent.status()["last"].get("revision") == new, 30, "the result")
     run = json.loads(agent.get(f"/api/v1/runs/{agent.status()['last']['run_id']}")[1])
     assert run["trigger"] == "sync" and {h["host"] for h in run["hosts"]} == {"alpha", "beta"}
 
