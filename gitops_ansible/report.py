@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import sys
 import time
 from enum import IntEnum
@@ -57,17 +58,19 @@ class Redactor:
         hold files that were scrubbed before they were written."""
         if not self.secrets or not root.exists():
             return
-        for path in root.rglob("*"):
-            if not path.is_file() or path.is_symlink() or skip and \
-                    set(path.relative_to(root).parts[:-1]) & set(skip):
-                continue
-            try:  # bytes that are not UTF-8 are kept as they are, around the secrets
-                text = path.read_text(errors="surrogateescape")
-            except FileNotFoundError:
-                continue
-            clean = self.scrub(text)
-            if clean != text:
-                path.write_text(clean, errors="surrogateescape")
+        for folder, dirs, files in os.walk(root):  # symlinks to directories: not followed
+            dirs[:] = [d for d in dirs if d not in skip]  # not even listed (one per event)
+            for name in files:
+                path = Path(folder, name)
+                if path.is_symlink():
+                    continue
+                try:  # bytes that are not UTF-8 are kept as they are, around the secrets
+                    text = path.read_text(errors="surrogateescape")
+                except FileNotFoundError:
+                    continue
+                clean = self.scrub(text)
+                if clean != text:
+                    path.write_text(clean, errors="surrogateescape")
 
 
 class Reporter:
