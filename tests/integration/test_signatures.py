@@ -319,6 +319,9 @@ def test_agent_refuses_an_unsigned_commit_once(agents, cli, estate, git_servers,
         agent.wait_for(lambda: agent.status()["applied_revision"] == good, 120,
                        "the signed commit's converge")
         assert greeting(estate) == "hello signed\n"
+        # the converge ran in a child process; its result reaches the scheduler just after
+        agent.wait_for(lambda: agent.status()["last"].get("revision") == good, 30,
+                       "the converge's result")
         shown = agent.status()
         assert keys.alice.fingerprint in shown["applied_signer"] and shown["verify"] == "head"
 
