@@ -332,8 +332,7 @@ def execute(plan, run_id: str, private_dir: Path, redactor: Redactor, listener=N
         runner = ansible_runner.run(**{k: v for k, v in kwargs.items() if v is not None})
     except OSError as exc:  # ansible-runner's own writes (a full disk): the run ends here
         _let_go(exc)
-        stop_orphans(run_id, grace=5.0)
-        shutil.rmtree(control_dir(run_id), ignore_errors=True)
+        stop_leftovers(run_id, grace=5.0)
         _redact(redactor, private_dir, private_dir / "artifacts" / run_id)
         where = exc.filename or private_dir
         cancelled = execution.cancel.is_set()
@@ -341,8 +340,7 @@ def execute(plan, run_id: str, private_dir: Path, redactor: Redactor, listener=N
                        host_results(execution.tasks, None, execution.platform_of),
                        execution.tasks, ("cancelled; then " if cancelled else "")
                        + f"cannot write {where}: {exc.strerror or exc}{free_space(Path(where))}")
-    stop_orphans(run_id, grace=5.0)  # a cancelled run can leave module processes behind
-    shutil.rmtree(control_dir(run_id), ignore_errors=True)
+    stop_leftovers(run_id, grace=5.0)  # a cancelled run can leave module processes behind
     artifacts = Path(runner.config.artifact_dir)
     _redact(redactor, private_dir, artifacts)
     status = "cancelled" if runner.status == "canceled" else runner.status
@@ -432,6 +430,14 @@ def orphans(run_id: str) -> list[int]:
         if marker in environ.split(b"\0"):
             found.append(int(entry.name))
     return found
+
+
+def stop_leftovers(run_id: str, grace: float = 10.0) -> list[int]:
+    """What a run leaves when it ends or its controller was killed: its Ansible processes
+    (stopped; their pids returned) and its SSH master connections' directory."""
+    stopped = stop_orphans(run_id, grace)
+    shutil.rmtree(control_dir(run_id), ignore_errors=True)
+    return stopped
 
 
 def stop_orphans(run_id: str, grace: float = 10.0) -> list[int]:

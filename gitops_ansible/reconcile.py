@@ -229,14 +229,13 @@ def _finish_off(settings, store: Store, row: dict, reporter: Reporter) -> None:
     """A run whose process died (or could not record it): stop its leftover Ansible
     processes, record it interrupted with what its journal holds, then drop its
     artifacts unless they were redacted."""
-    from .execute import REDACTED, control_dir, host_results, stop_orphans
+    from .execute import REDACTED, stop_leftovers
 
-    stopped = stop_orphans(row["id"])
-    shutil.rmtree(control_dir(row["id"]), ignore_errors=True)
+    stopped = stop_leftovers(row["id"])
     path = journal.path_for(settings.state_path, row["id"])
     found = journal.replay(path) or journal.Replayed()
-    hosts = host_results(found.tasks, found.stats, found.platforms)
-    changed = sorted(h for h, result in hosts.items() if result.outcome == "changed")
+    hosts = _replayed_hosts(found)
+    changed = [h.host for h in hosts if h.outcome == "changed"]
     if found.verdict:  # it ended, and could not be recorded
         message = f"the run ended ({found.verdict[0]}) but could not be recorded: " \
                   f"{found.verdict[1]}"
@@ -248,9 +247,8 @@ def _finish_off(settings, store: Store, row: dict, reporter: Reporter) -> None:
                 f"{plural(len(found.tasks), 'task result')} recorded from its journal")
         message = f"the process ended before the run completed ({what})"
     message += f"; changed: {', '.join(changed)}" if changed else ""
-    store.interrupted(row["id"], message, found.last_at or time.time(),
-                      [hosts[h] for h in sorted(hosts)], found.tasks, kept(found.lines),
-                      found.run)
+    store.interrupted(row["id"], message, found.last_at or time.time(), hosts, found.tasks,
+                      kept(found.lines), found.run)
     path.unlink(missing_ok=True)
     artifacts = Path(row["artifacts"]) if row["artifacts"] else None
     if not (artifacts and (artifacts / REDACTED).exists()):
@@ -258,6 +256,14 @@ def _finish_off(settings, store: Store, row: dict, reporter: Reporter) -> None:
     extra = f"; stopped {len(stopped)} leftover Ansible processes" if stopped else ""
     reporter.log(f"run {row['id']} was interrupted; recorded as such: {message}{extra}",
                  "warning")
+
+
+def _replayed_hosts(found: journal.Replayed) -> list[HostResult]:
+    """The per-host results a journal holds, sorted by host."""
+    from .execute import host_results
+
+    hosts = host_results(found.tasks, found.stats, found.platforms)
+    return [hosts[h] for h in sorted(hosts)]
 
 
 def _sweep_journals(settings, store: Store) -> None:
@@ -667,10 +673,7 @@ class Cycle:
             f"internal error: {type(exc).__name__}: {exc}{where}"))
         found = journal.replay(self.journal.path) if self.journal else None
         if found:  # Ansible ran: what it did is recorded with the error
-            from .execute import host_results
-
-            hosts = host_results(found.tasks, found.stats, found.platforms)
-            verdict.hosts, verdict.tasks = [hosts[h] for h in sorted(hosts)], found.tasks
+            verdict.hosts, verdict.tasks = _replayed_hosts(found), found.tasks
         return verdict
 
     # -- record -> report ---------------------------------------------------------------
