@@ -23,7 +23,7 @@ from .store import Mode, StoreError
 CYCLE_FLAGS = ["env", "state_dir", "playbook", "inventory_dir", "vault_password_file", "check",
                "diff", "limit", "tags", "skip_tags", "lock", "lock_timeout", "timeout",
                "preflight", "preflight_timeout", "known_hosts", "keep_runs", "galaxy_timeout",
-               "idle_timeout", "task_timeout", "ssh_keepalive", "min_free_mb", "json"]
+               "idle_timeout", "task_timeout", "ssh_keepalive", "min_free_mb", "scope", "json"]
 GIT_FLAGS = ["repo", "ref", "workdir", "ssh_key", "accept_host_key", "git_token_file",
              "git_token_user", "git_timeout", "keep_checkouts"]
 # rollback ENV, promote ENV: a complete pull cycle of ENV (no --env, no partial run)
@@ -33,7 +33,7 @@ POLICY_FLAGS = ["verify", "trusted_gpg_keys", "trusted_ssh_signers", "seal_trail
 COMMAND_FLAGS = {
     "run": CYCLE_FLAGS + GIT_FLAGS + POLICY_FLAGS + ["splay", "force"],
     "push": CYCLE_FLAGS + POLICY_FLAGS + ["path"],
-    "plan": CYCLE_FLAGS + GIT_FLAGS + POLICY_FLAGS + ["path"],
+    "plan": CYCLE_FLAGS + GIT_FLAGS + POLICY_FLAGS + ["path", "base"],
     "rollback": HAND_FLAGS + GIT_FLAGS + POLICY_FLAGS,
     "promote": HAND_FLAGS + GIT_FLAGS + POLICY_FLAGS,
     "check-hosts": ["env", "path", "state_dir", "workdir", "inventory_dir", "playbook",
@@ -368,6 +368,14 @@ def _show_run(settings, run_id: str) -> int:
                     [(h["host"], h["platform"] or "-", h["outcome"], h["ok"], h["changed"],
                      h["failed"], h["unreachable"], h["message"] or "") for h in run["hosts"]]),
               end="")
+    scope = run["scope"]
+    if scope and not scope["full"]:
+        print(f"{'scope:':<12}{len(scope['hosts'])} target(s) run, "
+              f"{len(scope['unchanged'])} unchanged at this revision")
+        for host, why in scope["hosts"].items():
+            print(f"  {host:<20} {why}")
+    elif scope:
+        print(f"{'scope:':<12}every target ({scope['full']})")
     changed = [t for t in run["tasks"] if t["status"] in ("changed", "failed", "unreachable")]
     for task in changed:
         print(f"  {task['host']:<20} {task['status']:<11} {task['task']}"

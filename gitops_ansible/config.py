@@ -202,6 +202,11 @@ class Settings:
                                            "the work directory) for a run to start (0: no check)")
     preflight: str = setting("choice", "skip", "SSH pre-flight before converging: off, report failing hosts, "
                                                "or skip them", ("off", "report", "skip"))
+    scope: str = setting("choice", "auto", "which targets a new revision converges: auto (those its "
+                                           "Git diff affects, docs/scope.md) or full (every target)",
+                         ("auto", "full"))
+    base: str | None = setting("str", None, "plan: the revision to compare with (a merge request's "
+                                            "target branch) instead of each target's own")
     preflight_timeout: int = setting("int", 5, "seconds to wait for each host in the pre-flight", minimum=1)
     known_hosts: str | None = setting("path", None, "known_hosts for Git over SSH and the pre-flight "
                                                     "(default ~/.ssh/known_hosts)")

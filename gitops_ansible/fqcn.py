@@ -339,6 +339,10 @@ class Walk:
         self.role_paths = [playbook_dir / "roles", *role_paths, playbook_dir]
         self.uses: dict[Use, None] = {}
         self.refs: dict[RoleRef, None] = {}
+        # What a change-scoped run needs (scope.py): the files naming a role by a template
+        # (which role runs is known only at run time), and the playbooks each one imports.
+        self.templated: set[str] = set()
+        self.imports: dict[str, list[str]] = {}
         self._files: dict[tuple, list] = {}
         self._scanned: set[tuple[int, bool]] = set()
         self._rel: dict[Path, str] = {}
@@ -400,6 +404,8 @@ class Walk:
             target = _text(imported)
             if target is not None and not templated(target):
                 if is_a("file", path.parent / target):
+                    self.imports.setdefault(self._relative(path), []).append(
+                        self._relative(path.parent / target))
                     plays.append((None, self._playbook(path.parent / target)))
                 continue
             here = _Context(path, None, _names(pairs.get("collections", (None, None))[1]))
@@ -496,6 +502,8 @@ class Walk:
         pairs = _pairs(item)
         node = pairs.get("role", pairs.get("name", (None, item)))[1]
         name = _text(node)
+        if name and templated(name):
+            self.templated.add(self._relative(here.path))
         if not name or templated(name):
             return None
         ref = self._locate(name, here)

@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -70,12 +72,41 @@ class Target:
         return self.vars.get("ansible_connection", "ssh") in ("ssh", "paramiko", "smart")
 
 
+@dataclass(frozen=True)
+class HostView:
+    """What a change-scoped run compares of a host at two revisions (scope.py): its groups
+    (their ancestors included) and a digest of its variables (Ansible's magic variables
+    left out; the digest keeps decrypted vault values out of memory and logs)."""
+    groups: frozenset[str]
+    digest: str
+    platform: str = ""
+
+
+@dataclass(frozen=True)
+class Play:
+    """A play the run executes, as a change-scoped run needs it: its playbook, the
+    targets it selects, the directories of the roles it applies (theirs included), whether
+    it names a role by a template, and whether it reads other hosts' variables."""
+    playbook: str
+    name: str
+    hosts: frozenset[str]
+    roles: tuple[str, ...]
+    templated_role: bool = False
+    reads_others: str | None = None  # the file that reads hostvars, groups, ...
+
+
 @dataclass
 class Inventory:
     env: str
     path: Path
     targets: dict[str, Target]
     secrets: set[str]
+    views: dict[str, HostView] = field(default_factory=dict)
+    plays: list[Play] = field(default_factory=list)
+    # host -> the directories its roles' file checks list (clusters/T/, bases)
+    file_dirs: dict[str, list[str]] = field(default_factory=dict)
+    playbooks: dict[str, list[str]] = field(default_factory=dict)  # playbook -> imports
+    limited: list[str] | None = None  # the hosts --limit selects (None: no --limit)
 
     def by_platform(self) -> dict[str, list[str]]:
         groups: dict[str, list[str]] = {}
@@ -210,9 +241,16 @@ class _Host:
     groups: frozenset[str] = frozenset()
 
 
-def _ansible_hosts(inv_path: Path, scan: Scan, password: bytes | None,
-                  limit: str | None = None) -> tuple[list[_Host], list[str] | None]:
-    """The hosts with their variables, and the names ``limit`` selects (None: no limit)."""
+# Ansible's variables of a host that say where it is, not what it is given.
+HOST_MAGIC = frozenset({"group_names", "groups", "inventory_dir", "inventory_file",
+                        "inventory_hostname", "inventory_hostname_short", "ansible_facts",
+                        "playbook_dir"})
+
+
+def _ansible_hosts(inv_path: Path, scan: Scan, password: bytes | None, limit: str | None = None
+                   ) -> tuple[list[_Host], list[str] | None, frozenset[str]]:
+    """The hosts with their variables, the names ``limit`` selects (None: no limit), and
+    the names of Ansible's magic variables (the same for every host)."""
     from ansible.inventory.helpers import sort_groups
     from ansible.inventory.manager import InventoryManager
     from ansible.vars.manager import VariableManager
@@ -234,12 +272,13 @@ def _ansible_hosts(inv_path: Path, scan: Scan, password: bytes | None,
         limited = None
         if limit and not limit.startswith("@"):  # @FILE: a list of hosts Ansible reads
             limited = [h.name for h in manager.get_hosts(pattern=limit)]
+        magic = frozenset(variables.get_vars(include_hostvars=False)) | HOST_MAGIC
     except Exception as exc:  # Ansible's parse errors come as its own exception types
         raise Refused([Problem(relative(inv_path, scan.checkout), None,
                                f"inventory: {first_line(exc)}")]) from None
     if not hosts:
         raise Refused([Problem(relative(inv_path, scan.checkout), None, "inventory has no hosts")])
-    return hosts, limited
+    return hosts, limited, magic
 
 
 # Tags Ansible gives meaning to, whatever the tasks say.
@@ -622,7 +661,7 @@ def load(checkout: Path, settings, paths: SearchPaths | None = None) -> Inventor
     platforms, problems = _read_platforms(scan, settings.playbook)
     refuse(problems + scan.problems + follow_refs(scan, playbook_dir.resolve(), checked))
     walk, code_dirs = _walk(scan, settings, paths, platforms)
-    hosts, limited = _ansible_hosts(inv_path, scan, password, settings.limit)
+    hosts, limited, magic = _ansible_hosts(inv_path, scan, password, settings.limit)
     targets = {host.name: _target(host, platforms) for host in hosts}
     inv_rel = f"{settings.inventory_dir}/{settings.env}"
     problems = _check_targets(targets, platforms, scan, settings.inventory_dir, settings.env)
@@ -630,4 +669,90 @@ def load(checkout: Path, settings, paths: SearchPaths | None = None) -> Inventor
     problems += _check_selection(scan, settings, inv_rel, hosts, limited, code_dirs)
     problems += _type_problems(scan, hosts, _CONNECTION_OPTIONS, "a connection variable", inv_rel)
     refuse(problems + _check_roles(scan, platforms, hosts, targets, inv_rel) + scan.problems)
-    return Inventory(settings.env, inv_path, targets, scan.secrets)
+    return Inventory(settings.env, inv_path, targets, scan.secrets,
+                     {h.name: _view(h, magic) for h in hosts},
+                     _scoped_plays(scan, settings, walk, platforms, hosts, targets)
+                     if settings.scope == "auto" else [],
+                     _file_dirs(scan, platforms, hosts, targets), walk.imports, limited)
+
+
+def views_at(checkout: Path, settings) -> dict[str, HostView]:
+    """The hosts of the environment at another revision's checkout (the base of a scoped
+    run), with the same boundary and parse as ``load``; ``Refused`` if it cannot be read."""
+    root = checkout.resolve()
+    inv_path = _environment(checkout, root, settings)
+    files = checkout_files(checkout, root, [inv_path])
+    password = read_vault_password(settings, checkout)
+    scan = scan_files(checkout, root, inv_path, files, vault_lib(password))
+    refuse(scan.problems)
+    hosts, _, magic = _ansible_hosts(inv_path, scan, password)
+    return {h.name: _view(h, magic) for h in hosts}
+
+
+def _view(host: _Host, magic: frozenset[str]) -> HostView:
+    values = {k: v for k, v in host.values.items() if k not in magic}
+    text = json.dumps(values, sort_keys=True, default=str)
+    return HostView(host.groups - {"all", "ungrouped"},
+                    hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest(),
+                    str(host.values.get("platform") or ""))
+
+
+# Variables that name other hosts: a play that reads them depends on every host's
+# variables and groups (a change-scoped run converges all its targets when those change).
+_READS_OTHERS = re.compile(r"\b(hostvars|groups\s*[\[.|)]|ansible_play_hosts|"
+                           r"ansible_play_batch|play_hosts)")
+_TEXT_MAX = 1 << 20
+
+
+def _reads_others(scan: Scan, paths: list[Path], seen: dict[Path, bool]) -> str | None:
+    for path in paths:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            if file not in seen:
+                try:  # a large file is data (an archive, an image), not what a play reads
+                    seen[file] = file.stat().st_size <= _TEXT_MAX and bool(
+                        _READS_OTHERS.search(file.read_text(errors="replace")))
+                except OSError:
+                    seen[file] = True
+            if seen[file]:
+                return relative(file, scan.checkout)
+    return None
+
+
+def _scoped_plays(scan: Scan, settings, walk: Walk, platforms, hosts: list[_Host],
+                  targets) -> list[Play]:
+    """Every play of the platforms, with the targets it selects (a change-scoped run)."""
+    plays, seen = [], {}
+    for platform in platforms.values():
+        members = [h for h in hosts if targets[h.name].platform == platform.name]
+        rel = relative(platform.playbook, scan.checkout)
+        for number, (pattern, refs) in enumerate(platform.plays, 1):
+            roles = tuple(dict.fromkeys(relative(r.path, scan.checkout) for r in _found(refs)))
+            dirs = [platform.playbook] + [scan.checkout / r for r in roles]
+            plays.append(Play(rel, f"{rel} play {number}",
+                              frozenset(h.name for h in _selected(pattern, members, targets)),
+                              roles, any(f == rel or any(f.startswith(r + "/") for r in roles)
+                                         for f in walk.templated),
+                              _reads_others(scan, dirs, seen)))
+    site = scan.checkout / settings.playbook
+    covered = {role for play in plays for role in play.roles}
+    own = tuple(dict.fromkeys(r for r in (relative(ref.path, scan.checkout)
+                                          for ref in _found(walk.applied(site))) if r not in covered))
+    if own:  # roles the entry playbook's own plays apply: every target, to be safe
+        plays.append(Play(settings.playbook, settings.playbook, frozenset(targets), own,
+                          reads_others=_reads_others(scan, [scan.checkout / r for r in own], seen)))
+    return plays
+
+
+def _file_dirs(scan: Scan, platforms, hosts: list[_Host], targets) -> dict[str, list[str]]:
+    """Per host, the directories its roles' file checks list (meta/gitops.yml)."""
+    out: dict[str, list[str]] = {}
+    for platform in platforms.values():
+        members = [h for h in hosts if targets[h.name].platform == platform.name]
+        for role in _found(platform.roles):
+            checks, _ = _file_checks(scan, role.path)
+            defaults = scan.load(role.path / "defaults" / "main.yml")
+            for check in checks:
+                for host in members:
+                    out.setdefault(host.name, []).extend(_dirs(host, check["dirs_var"], defaults))
+    return out

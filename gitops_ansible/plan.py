@@ -60,6 +60,9 @@ class Plan:
     task_timeout: int = 0   # Ansible's task_timeout (0: none)
     ssh_keepalive: int = 0  # seconds between SSH keepalives (0: off)
     excluded: dict[str, str] = field(default_factory=dict)  # host -> why (pre-flight)
+    # A change-scoped run: the hosts it converges (None: every host --limit selects);
+    # plays on the controller (``hosts: localhost``: the VM orphan scan) run too.
+    scope: list[str] | None = None
     # Where Ansible finds collections and roles (requirements.SearchPaths.env()).
     ansible_env: dict[str, str] = field(default_factory=dict)
 
@@ -68,11 +71,13 @@ class Plan:
         return sorted(h for hosts in self.platforms.values() for h in hosts)
 
     def effective_limit(self) -> str | None:
-        """The user's limit, minus the hosts the pre-flight excluded."""
+        """The user's limit (or the scope's hosts), minus the hosts the pre-flight
+        excluded."""
+        controller = [] if "localhost" in self.hosts else ["localhost"]
+        limit = ",".join(self.scope + controller) if self.scope is not None else self.limit
         if not self.excluded:
-            return self.limit
-        parts = [self.limit or "all"] + [f"!{host}" for host in sorted(self.excluded)]
-        return ":".join(parts)
+            return limit
+        return ":".join([limit or "all"] + [f"!{host}" for host in sorted(self.excluded)])
 
 
 def build(settings, inventory, checkout: Path, revision: str, check: bool) -> Plan:

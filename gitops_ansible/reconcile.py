@@ -25,8 +25,8 @@ from . import gate, journal, source
 from . import plan as plan_mod
 from .config import ConfigError
 from .report import ExitCode, Redactor, Reporter, free_mb, free_space, plural, save_traceback
-from .store import (FAILED_OUTCOMES, EnvState, HostResult, Mode, RunRecord, RunStatus, Store,
-                    StoreUnavailable, Transition, Verdict, new_run_id)
+from .store import (FAILED_OUTCOMES, EnvState, HostResult, HostRevision, Mode, RunRecord,
+                    RunStatus, Store, StoreUnavailable, Transition, Verdict, new_run_id)
 
 
 @dataclass
@@ -42,12 +42,13 @@ class Result:
     unverified: bool = False    # the signature policy refused the revision
     candidate: str | None = None  # a revision held back (a pin, the promotion gate)
     waiting: str | None = None    # why it is held back
+    scope: dict | None = None     # the targets a converge ran (scope.Scope.as_dict())
 
     def as_dict(self) -> dict:
         return {"exit_code": int(self.exit_code), "status": str(self.status),
                 "message": self.message, "run_id": self.run_id, "revision": self.revision,
                 "hosts": {h.host: h.outcome for h in self.hosts},
-                "candidate": self.candidate, "waiting": self.waiting}
+                "candidate": self.candidate, "waiting": self.waiting, "scope": self.scope}
 
 
 class Stop(Exception):
@@ -304,6 +305,7 @@ class Cycle:
         self.unverified = False
         self.journal: journal.Journal | None = None  # the results of the run, as they come
         self.unavailable: StoreUnavailable | None = None  # the store failed during the run
+        self.scope: scope_mod.Scope | None = None  # the targets this run converges
 
     def run(self) -> Result:
         stop = None
@@ -592,9 +594,15 @@ class Cycle:
         self.redactor = Redactor(inventory.secrets | ({token} | galaxy) - {None})
         the_plan = plan_mod.build(self.settings, inventory, checkout, revision, self.check)
         the_plan.ansible_env = paths.env()
+        self.scope = self._scope(inventory, checkout, revision)
+        if not self.scope.full:
+            the_plan.scope = sorted(self.scope.hosts)
+            inventory = dataclasses.replace(inventory, targets={
+                h: t for h, t in inventory.targets.items() if h in self.scope.hosts})
         self._preflight(inventory, the_plan)
         outcome = None
-        if not the_plan.excluded or set(the_plan.excluded) < set(the_plan.hosts):
+        running = set(the_plan.hosts if the_plan.scope is None else the_plan.scope)
+        if running and (not the_plan.excluded or set(the_plan.excluded) < running):
             from .execute import execute, platform_of
             _interruptible(self.cancel, False)  # from here on, ansible-runner stops it
             self._journal(platform_of(the_plan))
@@ -602,6 +610,49 @@ class Cycle:
                               self.reporter, self.cancel, self.journal)
         self.converged = True
         return self._verdict(the_plan, outcome)
+
+    def _scope(self, inventory, checkout: Path, revision: str) -> scope_mod.Scope:
+        """Which targets this run converges (scope.py): those the diff from each target's
+        clean revision affects, or every one (the reason said)."""
+        from . import scope as scope_mod
+        from .inventory import views_at
+
+        settings = self.settings
+        full = ("scope = full" if settings.scope == "full" else "--force" if settings.force
+                else "a drift check" if self.mode is Mode.DRIFT
+                else "--tags" if settings.tags or settings.skip_tags
+                else "--limit @FILE" if settings.limit and settings.limit.startswith("@")
+                else "the checkout has uncommitted changes" if not source.SHA_RE.match(revision)
+                else None)
+        records = self.store.host_revisions(self.env)
+        if full:
+            found = scope_mod.Scope(full, left=sorted(set(records) - set(inventory.views)))
+        else:
+            repo = source.mirror_path(settings) if self.remote else Path(settings.path).resolve()
+            if settings.base:
+                base = self._base(repo)
+                records = {h: HostRevision(h, base) for h in inventory.views}
+            found = scope_mod.compute(
+                inventory, settings, revision, records,
+                lambda base: source.changed_paths(repo, base, revision, settings),
+                lambda base: views_at(source.export_base(settings, repo, base), settings),
+                inventory.limited)
+        targets = len(inventory.limited if inventory.limited is not None else inventory.views)
+        self.reporter.log(found.summary(targets))
+        for host in found.left:
+            self.reporter.log(f"{host} left the inventory since it was converged: "
+                              "its record goes (nothing is run on it)")
+        return found
+
+    def _base(self, repo: Path) -> str:
+        """plan --base: the commit the revision is compared with (a ref is fetched)."""
+        base = self.settings.base
+        try:
+            if self.remote and not source.SHA_RE.match(base):
+                return source.fetch(dataclasses.replace(self.settings, ref=base), "")
+            return source.commit_of(repo, base, self.settings)
+        except source.SourceError as exc:
+            raise Stop(Verdict(RunStatus.REFUSED, f"--base {base}: {exc}")) from None
 
     def _journal(self, platforms: dict[str, str]) -> None:
         """From here on, results and log lines are journaled as they come (what was said
@@ -654,6 +705,19 @@ class Cycle:
                           outcome.tasks if outcome else [])
         partial = bool(the_plan.limit or the_plan.tags or the_plan.skip_tags)
         run, now = self.run_record, time.time()
+        scope = self.scope
+        verdict.scope = scope.as_dict()
+        if not self.check and not (the_plan.tags or the_plan.skip_tags) and status in CONVERGED:
+            verdict.clean = {h.host: h.outcome not in FAILED_OUTCOMES for h in host_list
+                             if h.host in the_plan.hosts}  # not the controller's plays
+            verdict.clean.update((h, True) for h in scope.unchanged)
+            verdict.left = scope.left
+        if not scope.full and not scope.hosts:
+            verdict.message = (f"revision {run.revision[:12]} affects none of the "
+                               f"{len(scope.unchanged)} targets: nothing was run")
+        elif scope.unchanged and not scope.full:
+            verdict.message += (f"; {len(scope.unchanged)} other target(s) unaffected by "
+                                "the revision")
         if not self.check and not partial and status in CONVERGED:
             verdict.transition = Transition.applied(
                 run.revision, run.id, now, good=status is not RunStatus.FAILED,
@@ -712,7 +776,7 @@ class Cycle:
                       run.id if run else None, run.revision if run else self.revision,
                       list(verdict.hosts), fetch_failed=bool(stop and stop.fetch_failed),
                       unverified=self.unverified, candidate=held.candidate,
-                      waiting=held.waiting)
+                      waiting=held.waiting, scope=verdict.scope)
 
     def _record(self, verdict: Verdict) -> None:
         if self.run_record:

@@ -8,10 +8,11 @@ and the agent's HTTP view serves. Every function takes the state directory
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .report import plural
@@ -61,6 +62,7 @@ def alive(pid) -> bool:
 class EnvStatus:
     state: EnvState
     last_run: dict | None
+    hosts: dict = field(default_factory=dict)  # target -> HostRevision (where it is)
 
     @property
     def dead_run(self) -> bool:
@@ -91,11 +93,17 @@ class EnvStatus:
             notes.append(f"fetch failing since {when(state.fetch_error_at)}")
         if state.failing:
             notes.append("applied revision has failed hosts")
+        behind = sorted(h.host for h in self.hosts.values() if h.failed_run)
+        if behind:
+            notes.append(f"not clean since their last run: {', '.join(behind)}")
         return notes
 
     def as_dict(self) -> dict:
         return {**self.state.as_dict(), "last_run": self.last_run,
-                "dead_run": self.dead_run, "attention": self.attention()}
+                "dead_run": self.dead_run, "attention": self.attention(),
+                "hosts": {h.host: {"revision": h.revision, "run": h.run_id, "at": h.at,
+                                   "failed": bool(h.failed_run), "failed_run": h.failed_run}
+                          for h in self.hosts.values()}}
 
 
 def status(state_dir: Path, env: str | None = None) -> list[EnvStatus]:
@@ -108,7 +116,8 @@ def status(state_dir: Path, env: str | None = None) -> list[EnvStatus]:
             if env and state.env != env:
                 continue
             last = store.runs(state.env, 1, changing_only=True)
-            out.append(EnvStatus(state, last[0] if last else None))
+            out.append(EnvStatus(state, last[0] if last else None,
+                                 store.host_revisions(state.env)))
         return out
 
 
@@ -119,6 +128,7 @@ def history(state_dir: Path, env: str | None = None, limit: int = 20) -> list[di
         runs = store.runs(env, limit)
         for run in runs:
             run["hosts"] = {h["host"]: h["outcome"] for h in store.host_results(run["id"])}
+            run["scope"] = json.loads(run["scope"]) if run.get("scope") else None
         actions = [{"action": a.pop("kind"), **a} for a in store.actions(env, limit)]
     merged = sorted(runs + actions, key=lambda item: item.get("started_at", item.get("at")),
                     reverse=True)
@@ -134,6 +144,7 @@ def run_detail(state_dir: Path, run_id: str) -> dict | None:
             run["hosts"] = store.host_results(run_id)
             run["tasks"] = store.task_results(run_id)
             run["logs"] = store.run_logs(run_id)
+            run["scope"] = json.loads(run["scope"]) if run.get("scope") else None
         return run
 
 

@@ -270,6 +270,32 @@ def _has_commit(repo: Path, revision: str) -> bool:
                            f"{revision}^{{commit}}"], capture_output=True).returncode == 0
 
 
+def changed_paths(repo: Path, base: str, revision: str, settings) -> list[str] | None:
+    """The paths that differ between the trees of ``base`` and ``revision`` in ``repo`` (a
+    rename gives both names); None when ``base`` is not a commit ``repo`` holds (a
+    force-push that was collected, a shallow clone)."""
+    known = subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"{base}^{{commit}}"],
+                           capture_output=True)
+    if known.returncode != 0:
+        return None
+    out = _git(["diff", "--name-only", "--no-renames", "-z", base, revision, "--"], settings,
+               cwd=repo)
+    return [path for path in out.split("\0") if path]
+
+
+def commit_of(repo: Path, name: str, settings) -> str:
+    """The commit a ref or revision names in ``repo`` (``SourceError``: none)."""
+    return _git(["rev-parse", "--verify", "--quiet", "--end-of-options", f"{name}^{{commit}}"],
+                settings, cwd=repo).strip()
+
+
+def export_base(settings, repo: Path, revision: str) -> Path:
+    """The tree of an earlier revision that a change-scoped run compares with: its checkout
+    when one is kept, else exported to WORKDIR/ENV/bases/SHA (only the newest is kept)."""
+    kept = checkout_path(settings, revision)
+    return kept if kept.is_dir() else _export_newest(repo, revision, env_dir(settings) / "bases")
+
+
 def describe(repo: Path, revision: str) -> tuple[str | None, str | None]:
     """A commit's subject line and author name (None, None when git cannot tell)."""
     done = subprocess.run(["git", "-C", str(repo), "log", "-1", "--no-show-signature",
@@ -302,7 +328,11 @@ def export_commit(settings, repo: Path, revision: str) -> Path:
     """Push under a signature policy: the tree of the verified commit of the checkout at
     ``repo``, exported to WORKDIR/ENV/push/SHA (only the newest is kept), so that what
     runs is what was signed, not files git does not track."""
-    base = env_dir(settings) / "push"
+    return _export_newest(repo, revision, env_dir(settings) / "push")
+
+
+def _export_newest(repo: Path, revision: str, base: Path) -> Path:
+    """``revision`` exported to BASE/SHA, the only export kept there."""
     if base.is_dir():
         for old in base.iterdir():
             if old.name != revision:

@@ -32,9 +32,10 @@ from pathlib import Path
 
 from .report import ExitCode, free_space
 
-# Version 2 (this one): the tables below; version 1 had no `applied` and `actions` tables
-# and fewer columns (MIGRATIONS). A store written by a newer release is refused.
-SCHEMA_VERSION = 2
+# Version 3 (this one): the tables below; version 2 had no `host_revisions` table and no
+# `runs.scope`, version 1 no `applied` and `actions` tables and fewer columns (MIGRATIONS).
+# A store written by a newer release is refused.
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, env TEXT NOT NULL, mode TEXT NOT NULL, trigger TEXT NOT NULL,
@@ -62,6 +63,9 @@ CREATE TABLE IF NOT EXISTS actions (
     env TEXT NOT NULL, at REAL NOT NULL, kind TEXT NOT NULL, revision TEXT,
     from_revision TEXT, reason TEXT);
 CREATE INDEX IF NOT EXISTS actions_env ON actions (env, at);
+CREATE TABLE IF NOT EXISTS host_revisions (
+    env TEXT NOT NULL, host TEXT NOT NULL, revision TEXT, run_id TEXT, at REAL,
+    failed_run TEXT, PRIMARY KEY (env, host));
 CREATE TABLE IF NOT EXISTS run_logs (
     run_id TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL, level TEXT, message TEXT,
     PRIMARY KEY (run_id, seq));
@@ -82,6 +86,8 @@ MIGRATIONS = [
     # version 2: what the status pages show
     ("runs", "subject", "TEXT"), ("runs", "author", "TEXT"), ("runs", "started_by", "TEXT"),
     ("task_results", "diff", "TEXT"),
+    # version 3: change-scoped runs
+    ("runs", "scope", "TEXT"),
 ]
 # A version 1 store's converging runs start the history of applied revisions (what
 # rollback and promotion read); it did not record which runs were partial (--limit, --tags).
@@ -380,10 +386,27 @@ class Verdict:
     tasks: list[TaskResult] = field(default_factory=list)
     transition: Transition | None = None
     logs: list[tuple[float, str, str]] = field(default_factory=list)  # (ts, level, message)
+    # Per target, whether it is now clean at the run's revision (a converge, not a check:
+    # False keeps its last clean revision and marks it failed); hosts that left the
+    # inventory (their records go); the run's scope (scope.Scope.as_dict()).
+    clean: dict[str, bool] = field(default_factory=dict)
+    left: list[str] = field(default_factory=list)
+    scope: dict | None = None
 
     @property
     def exit_code(self) -> ExitCode:
         return self.status.exit_code
+
+
+@dataclass(frozen=True)
+class HostRevision:
+    """Where a target is: the revision last converged cleanly there (None: unknown) and the
+    run that failed on it since (None: it is clean)."""
+    host: str
+    revision: str | None
+    run_id: str | None = None
+    at: float | None = None
+    failed_run: str | None = None
 
 
 @dataclass(frozen=True)
@@ -536,8 +559,36 @@ class Store:
                 (str(verdict.status), int(verdict.exit_code), time.time(), verdict.message,
                  run.revision, run.verify, run.signer, run.subject, run.author, run.id))
             self._results(run.id, verdict.hosts, verdict.tasks, verdict.logs)
+            self._host_revisions(run, verdict)
             if verdict.transition:
                 self._apply(run.env, verdict.transition)
+
+    def _host_revisions(self, run: RunRecord, verdict: Verdict) -> None:
+        if verdict.scope is not None:
+            self.db.execute("UPDATE runs SET scope = ? WHERE id = ?",
+                            (json.dumps(verdict.scope), run.id))
+        now = time.time()
+        # a revision that is not a commit (push of a checkout with local changes): where
+        # the hosts it converged are is known to no commit
+        revision = run.revision if run.revision and re.fullmatch(
+            r"[0-9a-f]{40,64}", run.revision) else None
+        self.db.executemany(
+            "INSERT OR REPLACE INTO host_revisions VALUES (?, ?, ?, ?, ?, NULL)",
+            [(run.env, host, revision, run.id, now) for host, clean in verdict.clean.items()
+             if clean])
+        self.db.executemany(
+            "INSERT INTO host_revisions (env, host, failed_run) VALUES (?, ?, ?) "
+            "ON CONFLICT (env, host) DO UPDATE SET failed_run = excluded.failed_run",
+            [(run.env, host, run.id) for host, clean in verdict.clean.items() if not clean])
+        self.db.executemany("DELETE FROM host_revisions WHERE env = ? AND host = ?",
+                            [(run.env, host) for host in verdict.left])
+
+    def host_revisions(self, env: str) -> dict[str, HostRevision]:
+        """Where each target of ``env`` is (the store's record of change-scoped runs)."""
+        return {r["host"]: HostRevision(r["host"], r["revision"], r["run_id"], r["at"],
+                                        r["failed_run"])
+                for r in self.db.execute("SELECT * FROM host_revisions WHERE env = ? "
+                                         "ORDER BY host", (env,))}
 
     def _results(self, run_id: str, hosts, tasks, logs) -> None:
         self.db.executemany(

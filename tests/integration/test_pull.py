@@ -45,10 +45,17 @@ def test_run_converges_then_nothing_to_do_then_new_commit(cli, estate, git_serve
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert all(line.get("revision") == second for line in lines if "run_id" in line)
     hosts = {line["host"]: line["outcome"] for line in lines if line["event"] == "host_result"}
-    assert hosts == {"alpha": "ok", "beta": "changed"}
+    # the commit touches beta's variables only: beta runs, alpha stays as it was
+    assert hosts == {"beta": "changed"}
+    [result] = [line for line in lines if line["event"] == "cycle_result"]
+    assert result["scope"] == {"full": None, "unchanged": ["alpha"], "left": [],
+                               "hosts": {"beta": "inventories/dev/host_vars/beta.yml"}}
     assert (estate.out / "beta.txt").read_text() == "hello beta\n"
     status = json.loads(cli("status", "--json", check_code=0).stdout)
     assert status[0]["applied_revision"] == second == status[0]["good_revision"]
+    # both targets are at the new revision: beta converged, alpha unaffected by it
+    assert {h: (r["revision"], r["failed"]) for h, r in status[0]["hosts"].items()} == {
+        "alpha": (second, False), "beta": (second, False)}
 
 
 @pytest.mark.parametrize("transport", ["git", "ssh", "https"])

@@ -48,7 +48,7 @@ def test_a_version_1_store_is_upgraded_in_place_and_keeps_its_records(tmp_path):
     old.executescript((CASES / "store_v1.sql").read_text())
     old.close()
     with closing(Store(path)) as store:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         state = store.env_state("prod")
         assert state.applied_revision == state.good_revision == "a" * 40
         assert state.pinned_revision is None and state.applied_signer is None
