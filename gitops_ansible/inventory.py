@@ -699,7 +699,7 @@ def _view(host: _Host, magic: frozenset[str]) -> HostView:
 
 # Variables that name other hosts: a play that reads them depends on every host's
 # variables and groups (a change-scoped run converges all its targets when those change).
-_READS_OTHERS = re.compile(r"\b(hostvars|groups\s*[\[.|)]|ansible_play_hosts|"
+_READS_OTHERS = re.compile(r"(?<![.\w])(hostvars|groups\s*[\[.|)]|ansible_play_hosts|"
                            r"ansible_play_batch|play_hosts)")
 _TEXT_MAX = 1 << 20
 

@@ -92,18 +92,20 @@ def environment(agent, name: str, session) -> str | None:
 
 
 def targets(state_dir: Path, env: str) -> list[dict]:
-    """Each target of the last converge: platform, outcome, its message, and the tasks
-    the last drift check found drifted on it."""
+    """Each target: its platform, the outcome and message of the last run that converged
+    it, the revision it is clean at, and the tasks the last drift check found drifted on
+    it. (With change-scoped runs, the last converge ran some targets only.)"""
     with closing(Store(state_dir / "runs.db")) as store:
         state = store.env_state(env)
-        last = store.last_converge(env)
-        hosts = store.host_results(last["id"]) if last else []
+        hosts = store.last_host_results(env)
+        where = store.host_revisions(env)
         drifted: dict[str, list[str]] = {}
         if state.drift_run:
             for task in store.task_results(state.drift_run):
                 if task["status"] == "changed":
                     drifted.setdefault(task["host"], []).append(task["task"])
-    return [{**host, "run_id": last["id"], "failed": host["outcome"] in FAILED_OUTCOMES,
+    return [{**host, "failed": host["outcome"] in FAILED_OUTCOMES,
+             "revision": where[host["host"]].revision if host["host"] in where else None,
              "drifted": drifted.get(host["host"], [])} for host in hosts]
 
 

@@ -708,8 +708,9 @@ class Cycle:
         scope = self.scope
         verdict.scope = scope.as_dict()
         if not self.check and not (the_plan.tags or the_plan.skip_tags) and status in CONVERGED:
+            targets = set(the_plan.hosts)  # not the controller's plays (localhost)
             verdict.clean = {h.host: h.outcome not in FAILED_OUTCOMES for h in host_list
-                             if h.host in the_plan.hosts}  # not the controller's plays
+                             if h.host in targets}
             verdict.clean.update((h, True) for h in scope.unchanged)
             verdict.left = scope.left
         if not scope.full and not scope.hosts:

@@ -156,13 +156,15 @@ class _Rules:
         return found if found or in_roles else None
 
     def _playbook(self, path: str, parts: list[str]) -> dict[str, str] | None:
-        found = {}
+        found, known = {}, False
         for play in self.inventory.plays:
             if path in self._imported(play.playbook):
+                known = True
+                platform = _stem(play.playbook.split("/")[-1])
                 for host in play.hosts | {h for h, v in self.inventory.views.items()
-                                          if v.platform == _stem(play.playbook.split("/")[-1])}:
+                                          if v.platform == platform}:
                     found.setdefault(host, f"{path}: the playbook of its platform")
-        return found or None
+        return found if known else None
 
     def _imported(self, playbook: str) -> set[str]:
         seen, todo = set(), [playbook]

@@ -164,9 +164,8 @@ def gauges(state_dir: Path, states, wall: float) -> list[tuple[str, dict, float]
             if env.applied_revision:
                 samples.append(("gitops_ansible_applied_revision_info",
                                 {**labels, "revision": env.applied_revision}, 1))
-            last = store.last_converge(state.env)
-            failed = [h for h in store.host_results(last["id"])
-                      if h["outcome"] in FAILED_OUTCOMES] if last else []
+            failed = [h for h in store.last_host_results(state.env)
+                      if h["outcome"] in FAILED_OUTCOMES]
             samples += [("gitops_ansible_hosts_failed", labels, len(failed)),
                         ("gitops_ansible_hosts_drifted", labels, len(env.drifted_hosts)),
                         ("gitops_ansible_suspended", labels, 1 if env.suspended else 0),

@@ -639,13 +639,17 @@ class Store:
         query += " ORDER BY started_at DESC, rowid DESC LIMIT ?"
         return [dict(r) for r in self.db.execute(query, (*args, limit))]
 
-    def last_converge(self, env: str) -> dict | None:
-        """The newest completed converging run that has per-host results."""
-        row = self.db.execute(
-            "SELECT * FROM runs WHERE env = ? AND check_mode = 0 AND status != 'running' AND"
-            " EXISTS (SELECT 1 FROM host_results WHERE run_id = runs.id)"
-            " ORDER BY started_at DESC, rowid DESC LIMIT 1", (env,)).fetchone()
-        return dict(row) if row else None
+    def last_host_results(self, env: str) -> list[dict]:
+        """Each target's newest result from a completed converging run (a change-scoped
+        run has results for the targets it ran only), with that run's ``run_id``; once
+        targets have revisions recorded, those that left the inventory are not listed."""
+        return [dict(r) for r in self.db.execute(
+            "SELECT * FROM (SELECT host_results.*, ROW_NUMBER() OVER (PARTITION BY host ORDER"
+            " BY runs.started_at DESC, runs.rowid DESC) AS newest FROM host_results JOIN runs"
+            " ON runs.id = host_results.run_id WHERE runs.env = ? AND runs.check_mode = 0 AND"
+            " runs.status != 'running') WHERE newest = 1 AND (host IN (SELECT host FROM"
+            " host_revisions WHERE env = ?) OR NOT EXISTS (SELECT 1 FROM host_revisions WHERE"
+            " env = ?)) ORDER BY host", (env, env, env))]
 
     def run(self, run_id: str) -> dict | None:
         row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
