@@ -723,14 +723,19 @@ def _scoped_plays(scan: Scan, settings, walk: Walk, platforms, hosts: list[_Host
                   targets) -> list[Play]:
     """Every play of the platforms, with the targets it selects (a change-scoped run)."""
     plays, seen = [], {}
+    known = {"all", *(f"platform_{p}" for p in platforms), *(h.name for h in hosts),
+             *(g for h in hosts for g in h.groups)}
     for platform in platforms.values():
         members = [h for h in hosts if targets[h.name].platform == platform.name]
         rel = relative(platform.playbook, scan.checkout)
         for number, (pattern, refs) in enumerate(platform.plays, 1):
             roles = tuple(dict.fromkeys(relative(r.path, scan.checkout) for r in _found(refs)))
             dirs = [platform.playbook] + [scan.checkout / r for r in roles]
-            plays.append(Play(rel, f"{rel} play {number}",
-                              frozenset(h.name for h in _selected(pattern, members, targets)),
+            # a name the inventory does not know (a group made at run time: group_by):
+            # every host of the platform, to be safe
+            chosen = members if _unknown_terms(pattern, known) else \
+                _selected(pattern, members, targets)
+            plays.append(Play(rel, f"{rel} play {number}", frozenset(h.name for h in chosen),
                               roles, any(f == rel or any(f.startswith(r + "/") for r in roles)
                                          for f in walk.templated),
                               _reads_others(scan, dirs, seen)))
@@ -742,6 +747,12 @@ def _scoped_plays(scan: Scan, settings, walk: Walk, platforms, hosts: list[_Host
         plays.append(Play(settings.playbook, settings.playbook, frozenset(targets), own,
                           reads_others=_reads_others(scan, [scan.checkout / r for r in own], seen)))
     return plays
+
+
+def _unknown_terms(pattern: str | None, known: set[str]) -> bool:
+    terms = [t.strip().lstrip("&!") for t in re.split(r"[:,]", pattern or "") if t.strip()]
+    return any(not any(fnmatch.fnmatchcase(name, t) for name in known) for t in terms
+               if t != "localhost")
 
 
 def _file_dirs(scan: Scan, platforms, hosts: list[_Host], targets) -> dict[str, list[str]]:

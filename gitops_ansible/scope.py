@@ -110,9 +110,14 @@ class _Rules:
             return {host: path} if host in new else {}
         if rest[0] == "group_vars" and len(rest) > 1:
             group = _stem(rest[1])
-            return {h: path for h, view in new.items()
-                    if group == "all" or group in view.groups
-                    or (h in old and group in old[h].groups)}
+            found = {h: path for h, view in new.items() if _member(group, view)
+                     or (h in old and _member(group, old[h]))}
+            # no host is in it: a group made at run time (group_by), or one that is gone
+            return found if found or any(group in v.groups for v in old.values()) else None
+        if len(rest) > 1:  # a subdirectory: data a play may read as well as inventory
+            return None
+        if rest[0].endswith(".md"):
+            return {}
         return {h: f"{path}: {why}" for h, why in self.changed_hosts().items()}
 
     def changed_hosts(self) -> dict[str, str]:
@@ -187,6 +192,13 @@ def _ignored(parts: list[str]) -> bool:
         rest = parts[parts.index("roles") + 2:]
         return rest[0] in ROLE_IGNORED or (len(rest) == 1 and rest[0].endswith(".md"))
     return False
+
+
+def _member(group: str, view: HostView) -> bool:
+    """A host is in ``group``: ``all``, an inventory group (or a child's), or the group of
+    its platform that the entry playbook makes (``platform_NAME``, whose group_vars Ansible
+    applies too)."""
+    return group == "all" or group in view.groups or group == f"platform_{view.platform}"
 
 
 def _stem(name: str) -> str:
