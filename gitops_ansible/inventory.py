@@ -107,6 +107,8 @@ class Inventory:
     file_dirs: dict[str, list[str]] = field(default_factory=dict)
     playbooks: dict[str, list[str]] = field(default_factory=dict)  # playbook -> imports
     limited: list[str] | None = None  # the hosts --limit selects (None: no --limit)
+    # the top directories of the roles' file checks by default (clusters/), targets or not
+    file_roots: tuple[str, ...] = ()
 
     def by_platform(self) -> dict[str, list[str]]:
         groups: dict[str, list[str]] = {}
@@ -673,7 +675,8 @@ def load(checkout: Path, settings, paths: SearchPaths | None = None) -> Inventor
                      {h.name: _view(h, magic) for h in hosts},
                      _scoped_plays(scan, settings, walk, platforms, hosts, targets)
                      if settings.scope == "auto" else [],
-                     _file_dirs(scan, platforms, hosts, targets), walk.imports, limited)
+                     _file_dirs(scan, platforms, hosts, targets), walk.imports, limited,
+                     _file_roots(scan, platforms))
 
 
 def views_at(checkout: Path, settings) -> dict[str, HostView]:
@@ -747,6 +750,23 @@ def _scoped_plays(scan: Scan, settings, walk: Walk, platforms, hosts: list[_Host
         plays.append(Play(settings.playbook, settings.playbook, frozenset(targets), own,
                           reads_others=_reads_others(scan, [scan.checkout / r for r in own], seen)))
     return plays
+
+
+def _file_roots(scan: Scan, platforms) -> tuple[str, ...]:
+    """The top directories the roles' file checks list by default (``clusters/`` for
+    ``clusters/{{ inventory_hostname }}``): where other environments' targets have theirs."""
+    roots: dict[str, None] = {}
+    for platform in platforms.values():
+        for role in _found(platform.roles):
+            checks, _ = _file_checks(scan, role.path)
+            defaults = scan.load(role.path / "defaults" / "main.yml")
+            for check in checks:
+                default = defaults.get(check["dirs_var"]) if isinstance(defaults, dict) else None
+                for item in [default] if isinstance(default, str) else default or []:
+                    top = os.path.normpath(str(item)).split("/")[0]
+                    if top and top not in (".", "..") and not templated(top):
+                        roots[top] = None
+    return tuple(roots)
 
 
 def _unknown_terms(pattern: str | None, known: set[str]) -> bool:

@@ -134,7 +134,7 @@ class _Rules:
         return out
 
     def _file_dirs(self, path: str, parts: list[str]) -> dict[str, str] | None:
-        found, tops = {}, set()
+        found, tops = {}, set(self.inventory.file_roots)
         for host, dirs in self.inventory.file_dirs.items():
             for directory in dirs:
                 directory = os.path.normpath(directory).strip("/")
@@ -163,7 +163,9 @@ class _Rules:
     def _playbook(self, path: str, parts: list[str]) -> dict[str, str] | None:
         found, known = {}, False
         for play in self.inventory.plays:
-            if path in self._imported(play.playbook):
+            # the entry playbook's own plays: its change is full already, and it imports
+            # every platform's playbook
+            if play.playbook != self.entry and path in self._imported(play.playbook):
                 known = True
                 platform = _stem(play.playbook.split("/")[-1])
                 for host in play.hosts | {h for h, v in self.inventory.views.items()
@@ -198,7 +200,8 @@ def _member(group: str, view: HostView) -> bool:
     """A host is in ``group``: ``all``, an inventory group (or a child's), or the group of
     its platform that the entry playbook makes (``platform_NAME``, whose group_vars Ansible
     applies too)."""
-    return group == "all" or group in view.groups or group == f"platform_{view.platform}"
+    return (group == "all" or group in view.groups or group == f"platform_{view.platform}"
+            or (group == "ungrouped" and not view.groups))
 
 
 def _stem(name: str) -> str:

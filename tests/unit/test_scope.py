@@ -46,7 +46,8 @@ def inventory(views: dict[str, HostView] | None = None, plays: list[Play] | None
     return Inventory("prod", Path("inventories/prod"),
                      {h: Target(h, v.platform) for h, v in views.items()}, set(), views,
                      PLAYS if plays is None else plays,
-                     FILE_DIRS if file_dirs is None else file_dirs, PLAYBOOKS)
+                     FILE_DIRS if file_dirs is None else file_dirs, PLAYBOOKS,
+                     file_roots=("clusters",))  # k8s_manifests' default: clusters/HOST
 
 
 def of_base(*paths: str, base: dict[str, HostView] | None = None,
