@@ -731,6 +731,9 @@ def _scoped_plays(scan: Scan, settings, walk: Walk, platforms, hosts: list[_Host
     for platform in platforms.values():
         members = [h for h in hosts if targets[h.name].platform == platform.name]
         rel = relative(platform.playbook, scan.checkout)
+        names = [p.get("name") for p in _plays(scan, platform.playbook)[0]]
+        if len(names) != len(platform.plays):
+            names = [None] * len(platform.plays)
         for number, (pattern, refs) in enumerate(platform.plays, 1):
             roles = tuple(dict.fromkeys(relative(r.path, scan.checkout) for r in _found(refs)))
             dirs = [platform.playbook] + [scan.checkout / r for r in roles]
@@ -738,7 +741,9 @@ def _scoped_plays(scan: Scan, settings, walk: Walk, platforms, hosts: list[_Host
             # every host of the platform, to be safe
             chosen = members if _unknown_terms(pattern, known) else \
                 _selected(pattern, members, targets)
-            plays.append(Play(rel, f"{rel} play {number}", frozenset(h.name for h in chosen),
+            name = names[number - 1]
+            label = f"play '{name}' ({rel})" if isinstance(name, str) else f"{rel} play {number}"
+            plays.append(Play(rel, label, frozenset(h.name for h in chosen),
                               roles, any(f == rel or any(f.startswith(r + "/") for r in roles)
                                          for f in walk.templated),
                               _reads_others(scan, dirs, seen)))
