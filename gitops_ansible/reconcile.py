@@ -650,7 +650,7 @@ class Cycle:
         try:
             if self.remote and not source.SHA_RE.match(base):
                 return source.fetch(dataclasses.replace(self.settings, ref=base), "")
-            return source.commit_of(repo, base, self.settings)
+            return source.commit_of(repo, base)
         except source.SourceError as exc:
             raise Stop(Verdict(RunStatus.REFUSED, f"--base {base}: {exc}")) from None
 

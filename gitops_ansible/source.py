@@ -283,10 +283,14 @@ def changed_paths(repo: Path, base: str, revision: str, settings) -> list[str] |
     return [path for path in out.split("\0") if path]
 
 
-def commit_of(repo: Path, name: str, settings) -> str:
+def commit_of(repo: Path, name: str) -> str:
     """The commit a ref or revision names in ``repo`` (``SourceError``: none)."""
-    return _git(["rev-parse", "--verify", "--quiet", "--end-of-options", f"{name}^{{commit}}"],
-                settings, cwd=repo).strip()
+    done = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet",
+                           "--end-of-options", f"{name}^{{commit}}"], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise SourceError(f"{name!r} not found in {repo} (no such commit, branch or tag)")
+    return done.stdout.strip()
 
 
 def export_base(settings, repo: Path, revision: str) -> Path:
@@ -389,7 +393,8 @@ def prune_checkouts(settings, keep: int, protect: set[str]) -> None:
 
 
 def local_revision(path: Path) -> str:
-    """Revision of a local checkout (push mode); ``+dirty`` when it has local changes."""
+    """Revision of a local checkout (push mode); ``+dirty`` when it has local changes,
+    files git does not track (and does not ignore) included: they are converged too."""
     def git(*args):
         # GIT_OPTIONAL_LOCKS=0: status does not refresh (write) the index of the user's checkout
         return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True,
@@ -398,5 +403,5 @@ def local_revision(path: Path) -> str:
     head = git("rev-parse", "HEAD")
     if head.returncode != 0:
         return "local"
-    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    dirty = git("status", "--porcelain", "--untracked-files=normal").stdout.strip()
     return head.stdout.strip() + ("+dirty" if dirty else "")
