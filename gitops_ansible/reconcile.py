@@ -648,8 +648,8 @@ class Cycle:
         """plan --base: the commit the revision is compared with (a ref is fetched)."""
         base = self.settings.base
         try:
-            if self.remote and not source.SHA_RE.match(base):
-                return source.fetch(dataclasses.replace(self.settings, ref=base), "")
+            if self.remote:  # a ref, or a commit the mirror may not hold yet
+                return source.fetch(dataclasses.replace(self.settings, ref=base), base)
             return source.commit_of(repo, base)
         except source.SourceError as exc:
             raise Stop(Verdict(RunStatus.REFUSED, f"--base {base}: {exc}")) from None
