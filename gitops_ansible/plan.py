@@ -19,11 +19,13 @@ class Decision:
     reason: str
 
 
-def decide(state: EnvState, revision: str, force: bool = False, check: bool = False) -> Decision:
+def decide(state: EnvState, revision: str, force: bool = False, check: bool = False,
+           unclean: tuple[str, ...] = ()) -> Decision:
     """Converge unless this revision is applied already and its last converge had no failures.
 
-    A revision whose converge left failed or unreachable hosts is retried by the next
-    cycle; a revision that was refused stays refused until a new commit or ``--force``.
+    A revision whose converge left failed or unreachable hosts (``unclean``: the targets
+    whose last run failed, as the store records them) is retried by the next cycle; a
+    revision that was refused stays refused until a new commit or ``--force``.
     """
     applied = state.applied_revision
     if force:
@@ -38,6 +40,8 @@ def decide(state: EnvState, revision: str, force: bool = False, check: bool = Fa
         return Decision(True, f"new revision (applied: {applied[:12]})")
     if state.failing:
         return Decision(True, "retry: the last converge of this revision had failures")
+    if unclean:
+        return Decision(True, f"retry: not clean since their last run: {', '.join(unclean)}")
     return Decision(False, "already applied")
 
 

@@ -396,8 +396,10 @@ class Cycle:
             revision = self.target.revision
         gated = bool(self.target and self.target.why)  # a pin or the promotion gate
         self.revision = revision
-        decision = plan_mod.decide(state, revision, self.settings.force, self.check) \
-            if revision else None
+        unclean = tuple(h.host for h in self.store.host_revisions(self.env).values()
+                        if h.failed_run)
+        decision = plan_mod.decide(state, revision, self.settings.force, self.check,
+                                   unclean) if revision else None
         if decision and decision.converge and self.start.elsewhere:
             raise Elsewhere()  # before anything that fetches (and imports GitPython)
         if self.mode is Mode.PULL:
@@ -717,8 +719,8 @@ class Cycle:
             verdict.message = (f"revision {run.revision[:12]} affects none of the "
                                f"{len(scope.unchanged)} targets: nothing was run")
         elif scope.unchanged and not scope.full:
-            verdict.message += (f"; {len(scope.unchanged)} other target(s) unaffected by "
-                                "the revision")
+            verdict.message += (f"; {plural(len(scope.unchanged), 'other target')} "
+                                "unaffected by the revision")
         if not self.check and not partial and status in CONVERGED:
             verdict.transition = Transition.applied(
                 run.revision, run.id, now, good=status is not RunStatus.FAILED,

@@ -254,12 +254,19 @@ def compute(inventory: Inventory, settings, revision: str, records: dict,
     bases: dict[str, tuple[str | None, dict[str, str]]] = {}
     scope, fulls = Scope(), []
     targets = sorted(selected if selected is not None else inventory.views)
+    left = sorted(set(records) - set(inventory.views))
+    if targets and all(records.get(h) and records[h].revision == revision
+                       and not records[h].failed_run for h in targets):
+        # nothing new: a push or a plan of the revision in place converges or checks
+        # again what it says, as ansible-playbook would (a pull cycle stops before this)
+        return Scope(f"every target is clean at {revision[:12]} already: run again in full",
+                     left=left)
     for host in targets:
         record = records.get(host)
-        if record is None or record.revision is None:
-            why = "no clean revision recorded for it"
-        elif record.failed_run:
+        if record is not None and record.failed_run:
             why = f"not clean since run {record.failed_run}"
+        elif record is None or record.revision is None:
+            why = "no clean revision recorded for it"
         elif record.revision == revision:
             why = None
         else:
@@ -282,7 +289,7 @@ def compute(inventory: Inventory, settings, revision: str, records: dict,
             scope.hosts[host] = why
         else:
             scope.unchanged.append(host)
-    scope.left = sorted(set(records) - set(inventory.views))
+    scope.left = left
     if targets and not scope.unchanged:
         scope.full = fulls[0] if fulls else "every target is affected"
     return scope

@@ -388,7 +388,10 @@ def test_suspend_then_resume_and_sync(agents, estate, git_servers, cli, tmp_path
     # the converge ran in a child process; its result reaches the scheduler just after
     agent.wait_for(lambda: agent.status()["last"].get("revision") == new, 30, "the result")
     run = json.loads(agent.get(f"/api/v1/runs/{agent.status()['last']['run_id']}")[1])
-    assert run["trigger"] == "sync" and {h["host"] for h in run["hosts"]} == {"alpha", "beta"}
+    # the commit touched beta's variables only: beta ran, alpha was left as it was
+    assert run["trigger"] == "sync" and {h["host"] for h in run["hosts"]} == {"beta"}
+    assert run["scope"]["hosts"] == {"beta": "inventories/dev/host_vars/beta.yml"}
+    assert run["scope"]["unchanged"] == ["alpha"]
 
 
 def test_maintenance_window_blocks_changes_but_not_drift_checks(agents, estate, git_servers, cli,

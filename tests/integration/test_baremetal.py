@@ -228,19 +228,26 @@ def test_unreachable_host_and_host_key_mismatch(cli, estate, host_lab):
                      check_code=4)
         status = {c["host"]: c["status"] for c in json.loads(checks.stdout)}
         assert status == {"web-1": "ok", "web-2": "host-key-mismatch", "db-1": "ok"}
-        # the same revision is retried because its last converge had failures
-        retry = run(cli, estate, code=4)
-        assert "web-2" in retry.stderr and "host-key-mismatch" in retry.stderr
+        # the same revision is retried because its last converge had failures: on the
+        # host that failed only (the others are clean at it), so web-2 is not looked at
+        retry = run(cli, estate, "--json", code=2)
+        [result] = [e for e in events(retry) if e["event"] == "cycle_result"]
+        assert result["hosts"] == {"db-1": "changed"} and result["scope"]["unchanged"] == list(WEB)
+        assert result["scope"]["hosts"]["db-1"].startswith("not clean since run ")
+        # a forced run converges every host: the pre-flight finds web-2's new key
+        forced = run(cli, estate, "--force", code=4)
+        assert "web-2" in forced.stderr and "host-key-mismatch" in forced.stderr
         db = sqlite3.connect(cli.state_dir / "runs.db")
         last = db.execute("SELECT id FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()[0]
         outcomes = dict(db.execute("SELECT host, outcome FROM host_results WHERE run_id = ?",
                                    (last,)))
-        assert outcomes == {"web-1": "ok", "web-2": "unreachable", "db-1": "changed"}
+        assert outcomes == {"web-1": "ok", "web-2": "unreachable", "db-1": "ok"}
         # without the pre-flight, Ansible itself refuses the changed key: ansible-runner's
         # default (host key checking off) must not beat ansible.cfg and the inventory
+        # (the retry is on web-2, the host that failed)
         blind = run(cli, estate, "--preflight", "off", "--json", code=4)
         [result] = [e for e in events(blind) if e["event"] == "cycle_result"]
-        assert result["hosts"] == {"web-1": "ok", "web-2": "unreachable", "db-1": "ok"}
+        assert result["hosts"] == {"web-2": "unreachable"}
     finally:
         host_lab.rekey_host("web-2", update_known_hosts=True)
     # all three now, nothing to change: web-2 converged before its new key, and its power

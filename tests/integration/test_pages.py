@@ -337,8 +337,10 @@ def test_environment_page_shows_targets_drifted_tasks_and_history(story):
         assert page.refresh() == "15"
     targets = drift.section("Targets")
     alpha, beta = row_of(targets, "alpha"), row_of(targets, "beta")
-    assert alpha[1:3] == ["local", "changed"] and alpha[4] == "Write the greeting"
-    assert beta[1:3] == ["local", "changed"] and beta[4] == "-"
+    # target, platform, the revision it is clean at, last outcome, message, drifted tasks
+    assert alpha[1] == beta[1] == "local" and alpha[2] == beta[2] == story.good[:12]
+    assert alpha[3] == "changed" and alpha[5] == "Write the greeting"
+    assert beta[3] == "changed" and beta[5] == "-"
     history = drift.section("History")
     links = {a.attrs["href"]: a.text() for a in history.find("a")}
     for run_id in (story.runs["success"], story.runs["drift"]):
@@ -348,8 +350,10 @@ def test_environment_page_shows_targets_drifted_tasks_and_history(story):
 
     targets = failed.section("Targets")
     alpha, beta = row_of(targets, "alpha"), row_of(targets, "beta")
-    assert alpha[1:3] == ["local", "failed"] and "not-a-directory" in alpha[3]
-    assert beta[1:3] == ["local", "changed"]
+    assert [alpha[1], alpha[3]] == ["local", "failed"] and "not-a-directory" in alpha[4]
+    assert [beta[1], beta[3]] == ["local", "changed"]
+    # alpha failed on the broken revision: it stays clean at the good one, beta moved on
+    assert (alpha[2], beta[2]) == (story.good[:12], story.broken[:12])
     history = failed.section("History")
     failed_row = row_of(history, story.runs["failed"])
     assert failed_row[1:3] == ["pull", "sync"] and failed_row[4] == "failed"

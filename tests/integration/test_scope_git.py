@@ -83,7 +83,7 @@ def test_role_change_scopes_every_target_host_vars_one(cli, estate, url):
     assert result["scope"] == {"full": None, "hosts": {"alpha": ALPHA_VARS},
                                "unchanged": ["beta"], "left": []}
     assert result["ran"] == ["alpha"]
-    assert "1 other target(s) unaffected by the revision" in result["message"]
+    assert "1 other target unaffected by the revision" in result["message"]
     assert greeting(estate, "alpha") == "hi alpha\n"
     assert (estate.out / "beta.txt").stat().st_mtime_ns == before
     # beta did not run, yet it is at the new revision: nothing it depends on changed

@@ -323,9 +323,17 @@ def test_a_target_whose_last_run_failed_is_in_scope():
 
 def test_a_target_at_the_new_revision_is_unchanged_without_a_diff():
     repo = Repo({})
+    found = repo.compute(at(NEW, HostRevision("web-1", OLD)))
+    assert list(found.hosts) == ["web-1"] and "web-1" not in found.unchanged
+    assert sorted(found.unchanged) == sorted(set(VIEWS) - {"web-1"})
+    assert repo.diffed == [OLD]  # one diff, from web-1's base only
+
+
+def test_every_target_at_the_revision_runs_again_in_full():
+    """A push or plan of the revision in place: what ansible-playbook would do."""
+    repo = Repo({})
     found = repo.compute(at(NEW))
-    assert (found.full, found.hosts, sorted(found.unchanged)) == (None, {}, sorted(VIEWS))
-    assert repo.diffed == []
+    assert "clean at" in found.full and "already" in found.full and repo.diffed == []
 
 
 def test_a_target_whose_revision_is_not_in_the_repository_is_in_scope():
