@@ -514,7 +514,7 @@ def _selected(pattern: str | None, members: list[_Host], targets) -> list[_Host]
         names = {host.name, "all", f"platform_{targets[host.name].platform}", *host.groups}
         return any(fnmatch.fnmatchcase(candidate, name) for candidate in names)
 
-    terms = [term.strip() for term in re.split(r"[:,]", pattern) if term.strip()]
+    terms = _terms(pattern)
     plain = [t for t in terms if t[0] not in "&!"] or ["all"]
     chosen = [h for h in members if any(matches(h, t) for t in plain)]
     chosen = [h for h in chosen if all(matches(h, t[1:]) for t in terms if t[0] == "&")]
@@ -671,12 +671,13 @@ def load(checkout: Path, settings, paths: SearchPaths | None = None) -> Inventor
     problems += _check_selection(scan, settings, inv_rel, hosts, limited, code_dirs)
     problems += _type_problems(scan, hosts, _CONNECTION_OPTIONS, "a connection variable", inv_rel)
     refuse(problems + _check_roles(scan, platforms, hosts, targets, inv_rel) + scan.problems)
-    return Inventory(settings.env, inv_path, targets, scan.secrets,
-                     {h.name: _view(h, magic) for h in hosts},
-                     _scoped_plays(scan, settings, walk, platforms, hosts, targets)
-                     if settings.scope == "auto" else [],
-                     _file_dirs(scan, platforms, hosts, targets), walk.imports, limited,
-                     _file_roots(scan, platforms))
+    inventory = Inventory(settings.env, inv_path, targets, scan.secrets, limited=limited)
+    if settings.scope == "auto":  # what a change-scoped run reads (scope.py)
+        inventory.views = {h.name: _view(h, magic) for h in hosts}
+        inventory.plays = _scoped_plays(scan, settings, walk, platforms, hosts, targets)
+        inventory.file_dirs, inventory.file_roots = _file_dirs(scan, platforms, hosts, targets)
+        inventory.playbooks = walk.imports
+    return inventory
 
 
 def views_at(checkout: Path, settings) -> dict[str, HostView]:
@@ -757,32 +758,25 @@ def _scoped_plays(scan: Scan, settings, walk: Walk, platforms, hosts: list[_Host
     return plays
 
 
-def _file_roots(scan: Scan, platforms) -> tuple[str, ...]:
-    """The top directories the roles' file checks list by default (``clusters/`` for
-    ``clusters/{{ inventory_hostname }}``): where other environments' targets have theirs."""
-    roots: dict[str, None] = {}
-    for platform in platforms.values():
-        for role in _found(platform.roles):
-            checks, _ = _file_checks(scan, role.path)
-            defaults = scan.load(role.path / "defaults" / "main.yml")
-            for check in checks:
-                default = defaults.get(check["dirs_var"]) if isinstance(defaults, dict) else None
-                for item in [default] if isinstance(default, str) else default or []:
-                    top = os.path.normpath(str(item)).split("/")[0]
-                    if top and top not in (".", "..") and not templated(top):
-                        roots[top] = None
-    return tuple(roots)
+def _terms(pattern: str | None) -> list[str]:
+    """The terms of a host pattern: ``a:b`` or ``a,b``, each maybe ``&a`` or ``!a``."""
+    return [term.strip() for term in re.split(r"[:,]", pattern or "") if term.strip()]
 
 
 def _unknown_terms(pattern: str | None, known: set[str]) -> bool:
-    terms = [t.strip().lstrip("&!") for t in re.split(r"[:,]", pattern or "") if t.strip()]
+    terms = [t.lstrip("&!") for t in _terms(pattern)]
     return any(not any(fnmatch.fnmatchcase(name, t) for name in known) for t in terms
                if t != "localhost")
 
 
-def _file_dirs(scan: Scan, platforms, hosts: list[_Host], targets) -> dict[str, list[str]]:
-    """Per host, the directories its roles' file checks list (meta/gitops.yml)."""
+def _file_dirs(scan: Scan, platforms, hosts: list[_Host], targets
+               ) -> tuple[dict[str, list[str]], tuple[str, ...]]:
+    """Per host, the directories its roles' file checks list (meta/gitops.yml), normalized;
+    and the top directories those checks list by default (``clusters/`` for
+    ``clusters/{{ inventory_hostname }}``), targets or not: where other environments'
+    targets have theirs."""
     out: dict[str, list[str]] = {}
+    roots: dict[str, None] = {}
     for platform in platforms.values():
         members = [h for h in hosts if targets[h.name].platform == platform.name]
         for role in _found(platform.roles):
@@ -790,5 +784,12 @@ def _file_dirs(scan: Scan, platforms, hosts: list[_Host], targets) -> dict[str, 
             defaults = scan.load(role.path / "defaults" / "main.yml")
             for check in checks:
                 for host in members:
-                    out.setdefault(host.name, []).extend(_dirs(host, check["dirs_var"], defaults))
-    return out
+                    out.setdefault(host.name, []).extend(
+                        os.path.normpath(d).strip("/")
+                        for d in _dirs(host, check["dirs_var"], defaults))
+                default = defaults.get(check["dirs_var"]) if isinstance(defaults, dict) else None
+                for item in [default] if isinstance(default, str) else default or []:
+                    top = os.path.normpath(str(item)).split("/")[0]
+                    if top and top not in (".", "..") and not templated(top):
+                        roots[top] = None
+    return out, tuple(roots)

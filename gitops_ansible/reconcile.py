@@ -396,8 +396,7 @@ class Cycle:
             revision = self.target.revision
         gated = bool(self.target and self.target.why)  # a pin or the promotion gate
         self.revision = revision
-        unclean = tuple(h.host for h in self.store.host_revisions(self.env).values()
-                        if h.failed_run)
+        unclean = tuple(h.host for h in self.host_revisions.values() if h.failed_run)
         decision = plan_mod.decide(state, revision, self.settings.force, self.check,
                                    unclean) if revision else None
         if decision and decision.converge and self.start.elsewhere:
@@ -626,25 +625,31 @@ class Cycle:
                 else "--limit @FILE" if settings.limit and settings.limit.startswith("@")
                 else "the checkout has uncommitted changes" if not source.SHA_RE.match(revision)
                 else None)
-        records = self.store.host_revisions(self.env)
+        records = self.host_revisions
         if full:
-            found = scope_mod.Scope(full, left=sorted(set(records) - set(inventory.views)))
+            found = scope_mod.Scope(full, left=sorted(set(records) - set(inventory.targets)))
         else:
             repo = source.mirror_path(settings) if self.remote else Path(settings.path).resolve()
             if settings.base:
                 base = self._base(repo)
-                records = {h: HostRevision(h, base) for h in inventory.views}
+                records = {h: HostRevision(h, base) for h in inventory.targets}
             found = scope_mod.compute(
                 inventory, settings, revision, records,
                 lambda base: source.changed_paths(repo, base, revision, settings),
                 lambda base: views_at(source.export_base(settings, repo, base), settings),
                 inventory.limited)
-        targets = len(inventory.limited if inventory.limited is not None else inventory.views)
+        targets = len(inventory.limited if inventory.limited is not None else inventory.targets)
         self.reporter.log(found.summary(targets))
         for host in found.left:
             self.reporter.log(f"{host} left the inventory since it was converged: "
                               "its record goes (nothing is run on it)")
         return found
+
+    @functools.cached_property
+    def host_revisions(self) -> dict:
+        """Where each target is (the store's records), read once per cycle: only this
+        cycle, holding the lock, writes them, at its end."""
+        return self.store.host_revisions(self.env)
 
     def _base(self, repo: Path) -> str:
         """plan --base: the commit the revision is compared with (a ref is fetched)."""

@@ -26,6 +26,7 @@ to a role.
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -118,8 +119,9 @@ class _Rules:
             return None
         if rest[0].endswith(".md"):
             return {}
-        return {h: f"{path}: {why}" for h, why in self.changed_hosts().items()}
+        return {h: f"{path}: {why}" for h, why in self.changed_hosts.items()}
 
+    @functools.cached_property
     def changed_hosts(self) -> dict[str, str]:
         """Targets whose groups or variables differ at the base revision (new ones too)."""
         out = {}
@@ -133,15 +135,20 @@ class _Rules:
                 out[host] = "its variables changed"
         return out
 
+    @functools.cached_property
+    def _tops(self) -> set[str]:
+        """The top directories of the file checks: the defaults' and every target's."""
+        return set(self.inventory.file_roots) | {
+            directory.split("/")[0] for dirs in self.inventory.file_dirs.values()
+            for directory in dirs}
+
     def _file_dirs(self, path: str, parts: list[str]) -> dict[str, str] | None:
-        found, tops = {}, set(self.inventory.file_roots)
+        found = {}
         for host, dirs in self.inventory.file_dirs.items():
             for directory in dirs:
-                directory = os.path.normpath(directory).strip("/")
-                tops.add(directory.split("/")[0])
                 if path == directory or path.startswith(directory + "/"):
                     found[host] = f"{path}: a directory of its files ({directory}/)"
-        if found or parts[0] in tops:
+        if found or parts[0] in self._tops:
             return found  # another target's directory, of another environment
         return None
 
@@ -230,7 +237,7 @@ def of_base(inventory: Inventory, base: dict[str, HostView], paths: list[str],
             return f"{path}: not known to affect particular targets", {}
         for host, reason in hosts.items():
             found.setdefault(host, reason)
-    changed = rules.changed_hosts()
+    changed = rules.changed_hosts
     if changed or set(base) - set(inventory.views):
         first = next(iter(sorted(changed)), None) or sorted(set(base) - set(inventory.views))[0]
         for play in inventory.plays:

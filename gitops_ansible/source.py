@@ -266,7 +266,8 @@ def clean_leftovers(mirror: Path) -> list[Path]:
 
 
 def _has_commit(repo: Path, revision: str) -> bool:
-    return subprocess.run(["git", "--git-dir", str(repo), "cat-file", "-e",
+    """``repo`` (a mirror or a working tree) holds the commit ``revision``."""
+    return subprocess.run(["git", "-C", str(repo), "cat-file", "-e",
                            f"{revision}^{{commit}}"], capture_output=True).returncode == 0
 
 
@@ -274,9 +275,7 @@ def changed_paths(repo: Path, base: str, revision: str, settings) -> list[str] |
     """The paths that differ between the trees of ``base`` and ``revision`` in ``repo`` (a
     rename gives both names); None when ``base`` is not a commit ``repo`` holds (a
     force-push that was collected, a shallow clone)."""
-    known = subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"{base}^{{commit}}"],
-                           capture_output=True)
-    if known.returncode != 0:
+    if not _has_commit(repo, base):
         return None
     out = _git(["diff", "--name-only", "--no-renames", "-z", base, revision, "--"], settings,
                cwd=repo)

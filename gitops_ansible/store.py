@@ -31,6 +31,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from .report import ExitCode, free_space
+from .source import SHA_RE
 
 # Version 3 (this one): the tables below; version 2 had no `host_revisions` table and no
 # `runs.scope`, version 1 no `applied` and `actions` tables and fewer columns (MIGRATIONS).
@@ -570,8 +571,7 @@ class Store:
         now = time.time()
         # a revision that is not a commit (push of a checkout with local changes): where
         # the hosts it converged are is known to no commit
-        revision = run.revision if run.revision and re.fullmatch(
-            r"[0-9a-f]{40,64}", run.revision) else None
+        revision = run.revision if SHA_RE.match(run.revision or "") else None
         self.db.executemany(
             "INSERT OR REPLACE INTO host_revisions VALUES (?, ?, ?, ?, ?, NULL)",
             [(run.env, host, revision, run.id, now) for host, clean in verdict.clean.items()
