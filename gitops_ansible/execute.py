@@ -31,6 +31,10 @@ from .store import HostResult, TaskResult
 # A task reports per-item changes (e.g. one line per Kubernetes object) by showing a list
 # in this variable with ansible.builtin.debug; it becomes the task result's message.
 REPORT_VAR = "gitops_report"
+# A failed task whose result carries this key, true, says that its target refused the
+# revision before anything was applied on it (a check that needs the target, such as a
+# server-side dry-run); its message says why. The run is then refused, not failed.
+REFUSED_KEY = "gitops_refused"
 RESULT_EVENTS = {"runner_on_ok": "ok", "runner_on_failed": "failed",
                  "runner_on_unreachable": "unreachable", "runner_on_skipped": "skipped"}
 
@@ -43,6 +47,7 @@ class Outcome:
     tasks: list[TaskResult] = field(default_factory=list)
     message: str | None = None
     artifacts: Path | None = None
+    refused: dict[str, str] = field(default_factory=dict)  # target -> why it refused
 
 
 class Execution:
@@ -54,6 +59,7 @@ class Execution:
         self.platform_of = platform_of(plan)
         self.tasks: list[TaskResult] = []
         self.failed_items: dict[tuple, list[str]] = {}  # (host, task uuid) -> "item: why"
+        self.refusals: dict[str, str] = {}  # host -> why, when its last failure refused
         self.stats: dict | None = None
         self.cancel = cancel or threading.Event()
         self.last_event = time.monotonic()
@@ -106,6 +112,8 @@ class Execution:
                 more = f"; {len(items) - ITEMS_SHOWN} more" if len(items) > ITEMS_SHOWN else ""
                 message = f"{message}: {'; '.join(items[:ITEMS_SHOWN])}{more}"
             message = message[:1000]
+            if status == "failed":
+                self._refusal(data.get("host", "?"), res, message)
         elif isinstance(res.get(REPORT_VAR), list) and res[REPORT_VAR]:
             message = _listed(res[REPORT_VAR])
         diffs = _diffs(res) if status == "changed" else None
@@ -119,6 +127,24 @@ class Execution:
         if self.listener:
             self.listener.task_result(result, diffs)
 
+    def _refusal(self, host: str, res: dict, message: str) -> None:
+        """Keep whether the host's latest failure is a refusal (``REFUSED_KEY``): a later
+        failure (after a rescue) is one of its own."""
+        if res.get(REFUSED_KEY) is True:
+            self.refusals[host] = message
+        else:
+            self.refusals.pop(host, None)
+
+    def outcome(self, status: str, rc: int, **fields) -> Outcome:
+        """The run's outcome with its per-host results; the hosts that refused the revision
+        are those whose last failure was a refusal and that Ansible counts failed (a
+        rescued refusal is not one)."""
+        hosts = host_results(self.tasks, self.stats, self.platform_of)
+        refused = {h: why for h, why in self.refusals.items()
+                   if h in hosts and hosts[h].outcome == "failed"}
+        for host in refused:
+            hosts[host].refused = True
+        return Outcome(status, rc, hosts, self.tasks, refused=refused, **fields)
 
 
 def platform_of(plan) -> dict[str, str]:
@@ -336,17 +362,16 @@ def execute(plan, run_id: str, private_dir: Path, redactor: Redactor, listener=N
         _redact(redactor, private_dir, private_dir / "artifacts" / run_id)
         where = exc.filename or private_dir
         cancelled = execution.cancel.is_set()
-        return Outcome("cancelled" if cancelled else "error", -1,
-                       host_results(execution.tasks, None, execution.platform_of),
-                       execution.tasks, ("cancelled; then " if cancelled else "")
-                       + f"cannot write {where}: {exc.strerror or exc}{free_space(Path(where))}")
+        execution.stats = None  # the run was cut short: its totals are its task results'
+        why = f"cannot write {where}: {exc.strerror or exc}{free_space(Path(where))}"
+        return execution.outcome("cancelled" if cancelled else "error", -1,
+                                 message=f"cancelled; then {why}" if cancelled else why)
     stop_leftovers(run_id, grace=5.0)  # a cancelled run can leave module processes behind
     artifacts = Path(runner.config.artifact_dir)
     _redact(redactor, private_dir, artifacts)
     status = "cancelled" if runner.status == "canceled" else runner.status
-    outcome = Outcome(status=status, rc=runner.rc if runner.rc is not None else -1,
-                      hosts=host_results(execution.tasks, execution.stats, execution.platform_of),
-                      tasks=execution.tasks, artifacts=artifacts)
+    outcome = execution.outcome(status, runner.rc if runner.rc is not None else -1,
+                                artifacts=artifacts)
     if status in ("timeout", "cancelled"):
         outcome.message = (f"cancelled after the {plan.timeout}s timeout" if status ==
                            "timeout" else execution.why_stopped or "cancelled")

@@ -25,7 +25,9 @@ def decide(state: EnvState, revision: str, force: bool = False, check: bool = Fa
 
     A revision whose converge left failed or unreachable hosts (``unclean``: the targets
     whose last run failed, as the store records them) is retried by the next cycle; a
-    revision that was refused stays refused until a new commit or ``--force``.
+    revision that was refused (by the validation, the signature policy, or a target whose
+    role refused it before applying anything) stays refused until a new commit or
+    ``--force``: it would be refused again.
     """
     applied = state.applied_revision
     if force:

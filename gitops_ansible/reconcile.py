@@ -695,11 +695,15 @@ class Cycle:
         for problem in problems:
             self.reporter.log(f"refused: {problem}", "error")
         message = "; ".join(str(p) for p in problems)
-        transition = None
-        if sticky and self.remote and not self.check:
-            transition = Transition.refused(self.run_record.revision, self.run_record.id,
-                                            message)
-        return Verdict(RunStatus.REFUSED, message, transition=transition)
+        return Verdict(RunStatus.REFUSED, message,
+                       transition=self._sticky(message) if sticky else None)
+
+    def _sticky(self, message: str) -> Transition | None:
+        """The revision marked refused, with why (pull mode, not a check: the next cycle
+        says so and does not retry until a new commit or --force)."""
+        if self.remote and not self.check:
+            return Transition.refused(self.run_record.revision, self.run_record.id, message)
+        return None
 
     def _verdict(self, the_plan, outcome) -> Verdict:
         hosts = dict(outcome.hosts) if outcome else {}
@@ -707,17 +711,20 @@ class Cycle:
             platform = next((p for p, names in the_plan.platforms.items() if host in names), None)
             hosts[host] = HostResult(host, platform, unreachable=1, message=f"pre-flight: {why}")
         host_list = [hosts[h] for h in sorted(hosts)]
+        run, now = self.run_record, time.time()
         status, message = judge(outcome, host_list, self.mode, self.check)
+        if status is RunStatus.REFUSED:  # by targets; the others converged (or were checked)
+            message = f"revision {(run.revision or 'no commit')[:12]} {message}"
         verdict = Verdict(status, self.redactor.scrub(message), host_list,
                           outcome.tasks if outcome else [])
+        if status is RunStatus.REFUSED:
+            verdict.transition = self._sticky(self.redactor.scrub(refused_by(outcome.refused)))
         partial = bool(the_plan.limit or the_plan.tags or the_plan.skip_tags)
-        run, now = self.run_record, time.time()
         scope = self.scope
         verdict.scope = scope.as_dict()
-        if not self.check and not (the_plan.tags or the_plan.skip_tags) and status in CONVERGED:
+        if not self.check and not (the_plan.tags or the_plan.skip_tags) and status in RECORDED:
             targets = set(the_plan.hosts)  # not the controller's plays (localhost)
-            verdict.clean = {h.host: h.outcome not in FAILED_OUTCOMES for h in host_list
-                             if h.host in targets}
+            verdict.clean = clean_records(host_list, targets)
             verdict.clean.update((h, True) for h in scope.unchanged)
             verdict.left = scope.left
         if not scope.full and not scope.hosts:
@@ -829,6 +836,9 @@ class Cycle:
 
 
 CONVERGED = (RunStatus.CHANGED, RunStatus.UNCHANGED, RunStatus.FAILED)
+# A run whose targets' records move: a converge, or one that some targets refused (the
+# others converged; the revision is not applied).
+RECORDED = (*CONVERGED, RunStatus.REFUSED)
 LOG_HEAD, LOG_TAIL = 1000, 4000  # a run's log lines kept in the store: its start and end
 
 
@@ -842,10 +852,32 @@ def kept(lines: list) -> list:
     return lines[:LOG_HEAD] + [gap] + lines[-LOG_TAIL:]
 
 
+def clean_records(hosts, targets: set[str]) -> dict[str, bool]:
+    """Per target a converge ran, whether it is clean at the run's revision now (False:
+    it failed). A target that refused the revision is left out: nothing was applied there,
+    so its record stays where it was."""
+    return {h.host: h.outcome not in FAILED_OUTCOMES for h in hosts
+            if h.host in targets and not h.refused}
+
+
+REFUSALS_SHOWN = 3  # targets whose refusal a run's message explains
+
+
+def refused_by(refused: dict[str, str]) -> str:
+    """Which targets refused the revision and why (their first REFUSALS_SHOWN)."""
+    shown = [f"{host}: {why}" for host, why in sorted(refused.items())[:REFUSALS_SHOWN]]
+    rest = sorted(refused)[REFUSALS_SHOWN:]
+    more = f"; and {', '.join(rest)}" if rest else ""
+    return f"refused by {plural(len(refused), 'target')}: {'; '.join(shown)}{more}"
+
+
 def judge(outcome, hosts, mode: Mode, check: bool) -> tuple[RunStatus, str]:
-    """How a converge ended, from Ansible's outcome and the per-host results."""
+    """How a converge ended, from Ansible's outcome and the per-host results. Targets that
+    refused the revision (``Outcome.refused``) make it refused, unless another failed:
+    then it failed, and the message names the refusal too."""
     failed = [h.host for h in hosts if h.outcome in FAILED_OUTCOMES]
     changed = [h.host for h in hosts if h.outcome == "changed"]
+    refused = outcome.refused if outcome else {}
     verb = "would change" if check else "changed"
     if outcome and outcome.status == "error":
         return RunStatus.ERROR, f"ansible failed: {outcome.message}"
@@ -854,8 +886,15 @@ def judge(outcome, hosts, mode: Mode, check: bool) -> tuple[RunStatus, str]:
     if failed:
         first = next(h for h in hosts if h.outcome in FAILED_OUTCOMES)
         cause = f"; {first.host}: {first.message}" if first.message else ""
+        also = f"; {refused_by(refused)}" if refused else ""
         return RunStatus.FAILED, (f"{len(failed)} of {len(hosts)} hosts failed or "
-                                  f"unreachable: {', '.join(failed)}{cause}")
+                                  f"unreachable: {', '.join(failed)}{cause}{also}")
+    if refused:
+        others = len(hosts) - len(refused)
+        done = "checked" if check else "converged"
+        rest = f"; {plural(others, 'other host')} {done} ({len(changed)} {verb})" \
+            if others else ""
+        return RunStatus.REFUSED, refused_by(refused) + rest
     if changed and mode is Mode.DRIFT:
         return RunStatus.DRIFTED, (
             f"drift on {len(changed)} of {len(hosts)} hosts: " + ", ".join(changed))

@@ -172,7 +172,7 @@ EXIT_CODES = {
     RunStatus.INTERRUPTED: ExitCode.ERROR,
 }
 _FAILURE = frozenset({RunStatus.ERROR, RunStatus.FAILED, RunStatus.CANCELLED})
-FAILED_OUTCOMES = ("failed", "unreachable")
+FAILED_OUTCOMES = ("failed", "unreachable")  # a host's; "refused" is not one of them
 
 
 @dataclass(frozen=True)
@@ -340,11 +340,16 @@ class HostResult:
     unreachable: int = 0
     skipped: int = 0
     message: str | None = None
+    # It refused the revision before anything was applied on it (a task's result said
+    # so, execute.REFUSED_KEY): not a failure of the host, the run is refused.
+    refused: bool = False
 
     @property
     def outcome(self) -> str:
         if self.unreachable:
             return "unreachable"
+        if self.refused:
+            return "refused"
         if self.failed:
             return "failed"
         return "changed" if self.changed else "ok"
@@ -388,7 +393,8 @@ class Verdict:
     transition: Transition | None = None
     logs: list[tuple[float, str, str]] = field(default_factory=list)  # (ts, level, message)
     # Per target, whether it is now clean at the run's revision (a converge, not a check:
-    # False keeps its last clean revision and marks it failed); hosts that left the
+    # False keeps its last clean revision and marks it failed; a target left out, such as
+    # one that refused the revision, keeps its record as it was); hosts that left the
     # inventory (their records go); the run's scope (scope.Scope.as_dict()).
     clean: dict[str, bool] = field(default_factory=dict)
     left: list[str] = field(default_factory=list)
