@@ -154,8 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     service.add_argument("--output-dir", default="/etc/systemd/system", help="where the unit goes")
     init = subs["init"]
     init.add_argument("dir", help="directory of the new repository (created if missing)")
-    init.add_argument("--platform", default="baremetal", help="name of the first platform")
-    init.add_argument("--role", help="name of its role (default PLATFORM_base)")
+    init.add_argument("--platform", default="baremetal",
+                      help="name of the first platform (kubernetes: a cluster target with "
+                           "this project's playbook and role k8s_manifests)")
+    init.add_argument("--role", help="name of its role (default PLATFORM_base; not for "
+                                     "kubernetes)")
     init.add_argument("--force", action="store_true", help="write into a non-empty directory")
     return parser
 
@@ -581,20 +584,22 @@ def cmd_init(args) -> int:
     made = (f"first commit {revision[:12]} on branch main" if revision else
             "inside an existing Git repository: review and commit them")
     print(f"created a GitOps repository in {dest} ({len(paths)} files); {made}")
+    # a molecule scenario where init wrote one (not for Kubernetes clusters)
+    scenario = any(path.relative_to(dest).parts[0] == "molecule" for path in paths)
     print(INIT_NEXT.format(dir=shlex.quote(str(dest)), url=shlex.quote(
-        f"file://{dest.resolve()}")))
+        f"file://{dest.resolve()}"), molecule=" && molecule test" if scenario else ""))
     return ExitCode.OK
 
 
 INIT_NEXT = """next steps:
   cd {dir}
-  $EDITOR inventories/dev/hosts.yml      # your hosts, then: git commit -am 'dev hosts'
+  $EDITOR inventories/dev/hosts.yml      # your targets, then: git commit -am 'dev targets'
   gitops-ansible plan --path . --env dev # what would change; nothing is changed
   gitops-ansible push --path . --env dev # converge from this checkout (push mode, CI)
   gitops-ansible run --repo {url} --env dev
                                          # pull mode: converge the newest commit; then point
                                          # --repo at your Git server and install-timer
-  ansible-lint && yamllint . && molecule test   # check the roles"""
+  ansible-lint && yamllint .{molecule}   # check the roles"""
 
 
 if __name__ == "__main__":

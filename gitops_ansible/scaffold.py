@@ -1,14 +1,25 @@
 """`gitops-ansible init`: write a new GitOps repository from the files in `skeleton/`.
 
-`skeleton/` is laid out as the new repository. A file ending in `.j2` is rendered with
-Jinja2 and written without that suffix; its delimiters are `[[ ]]`, `[% %]` and `[# #]`, so
-that Ansible's own `{{ }}` and `{% %}` pass through untouched. Any other file is copied as
-it is. In paths, `__platform__`, `__role__` and `__env__` stand for the names; a path with
-`__env__` is written once per environment. ``commit`` makes the new directory a Git
-repository with a first commit (pull mode converges commits, not files). Where a new
-repository holds the same file as this project's own repository (ansible.cfg, the lint
-settings, playbooks/site.yml, ...), the skeleton's copy is identical to it
-(tests/unit/test_scaffold.py compares them).
+`skeleton/` holds layers, each laid out as the new repository: `common/` for every
+repository, then those of the kind of platform. `hosts/` (every platform name but
+kubernetes): targets reached over SSH, a new role of the platform's own, its molecule
+scenario, and `playbooks/local.yml`, which applies that role to the controller.
+`kubernetes/`: one cluster target and its manifests (a kustomization), with
+`project/kubernetes/`: links to this project's playbooks/kubernetes.yml and
+roles/k8s_manifests (one copy in the repository; the wheel carries them as files), so that
+a new repository converges clusters as this one does. A Kubernetes repository has no
+local.yml (no role of its own for the controller) and no molecule scenario (molecule tests
+roles on hosts; this role's tests run real API servers).
+
+A file ending in `.j2` is rendered with Jinja2 and written without that suffix; its
+delimiters are `[[ ]]`, `[% %]` and `[# #]`, so that Ansible's own `{{ }}` and `{% %}`
+pass through untouched. Any other file is copied as it is, and so is every file of a layer
+under `project/` (the project's own, whatever its name). In paths, `__platform__`,
+`__role__` and `__env__` stand for the names; a path with `__env__` is written once per
+environment. ``commit`` makes the new directory a Git repository with a first commit (pull
+mode converges commits, not files). Where a new repository holds the same file as this
+project's own repository (ansible.cfg, the lint settings, playbooks/site.yml, ...), the
+skeleton's copy is identical to it (tests/unit/test_scaffold.py compares them).
 """
 from __future__ import annotations
 
@@ -29,6 +40,10 @@ RESERVED_PLATFORMS = {
     "ungrouped": "a group Ansible defines itself",
 }
 ENVIRONMENTS = ("dev", "staging", "prod")
+# The platform init writes with this project's playbook and role instead of a new role.
+KUBERNETES, KUBERNETES_ROLE = "kubernetes", "k8s_manifests"
+# The layers below it hold the project's own files: copied as they are, never rendered.
+PROJECT_DIR = "project/"
 SKELETON = resources.files(__package__) / "skeleton"
 JINJA = jinja2.Environment(
     variable_start_string="[[", variable_end_string="]]",
@@ -54,18 +69,34 @@ def check_name(what: str, name: str) -> None:
 
 
 def values(platform: str = "baremetal", role: str | None = None) -> dict:
-    """The checked names and what the templates derive from them."""
-    role = role or f"{platform}_base"
+    """The checked names and what the templates derive from them. ``platforms``: (playbook,
+    play name) in import order, for playbooks/site.yml; ``layers``: the skeleton's folders
+    written, in order."""
     check_name("platform", platform)
+    if platform == KUBERNETES:
+        return kubernetes_values(role)
+    role = role or f"{platform}_base"
     check_name("role", role)
-    # (playbook, play name) in import order, for playbooks/site.yml
     platforms = [(platform, f"Platform {platform}"), ("local", "The controller itself")]
-    return {"platform": platform, "role": role, "platforms": platforms}
+    return {"platform": platform, "role": role, "platforms": platforms,
+            "layers": ("common", "hosts")}
+
+
+def kubernetes_values(role: str | None) -> dict:
+    """Clusters are converged by this project's playbook and role, not by a new role."""
+    if role not in (None, KUBERNETES_ROLE):
+        raise ScaffoldError(f"role name {role!r}: the platform {KUBERNETES} applies this "
+                            f"project's role {KUBERNETES_ROLE}; no other role is written")
+    return {"platform": KUBERNETES, "role": KUBERNETES_ROLE,
+            "platforms": [(KUBERNETES, "Kubernetes clusters")],
+            "layers": ("common", KUBERNETES, PROJECT_DIR + KUBERNETES)}
 
 
 def skeleton_files(folder=SKELETON, prefix: str = ""):
-    """(path relative to the skeleton, resource) of every file of the skeleton."""
+    """(path relative to ``folder``, resource) of every file below it."""
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name == "__pycache__":  # Python's, beside the role's plugins
+            continue
         if entry.is_dir():
             yield from skeleton_files(entry, f"{prefix}{entry.name}/")
         else:
@@ -86,10 +117,14 @@ def render(rel: str, entry, names: dict) -> tuple[str, bytes]:
 def files(names: dict) -> dict[str, bytes]:
     """Relative path -> content of every file of a new repository."""
     out = {}
-    for rel, entry in skeleton_files():
-        for env in ENVIRONMENTS if "__env__" in rel else [None]:
-            path, content = render(rel, entry, names if env is None else {**names, "env": env})
-            out[path] = content
+    for layer in names["layers"]:
+        for rel, entry in skeleton_files(SKELETON / layer):
+            if layer.startswith(PROJECT_DIR):
+                out[rel] = entry.read_bytes()
+                continue
+            for env in ENVIRONMENTS if "__env__" in rel else [None]:
+                path, content = render(rel, entry, names if env is None else {**names, "env": env})
+                out[path] = content
     return out
 
 
