@@ -528,6 +528,10 @@ _FILE_CHECK_KEYS = {
     "what": (str, "what the files are, in messages ('manifest')"),
     "documents_require": (list, "keys every YAML document of the files must set"),
 }
+# Optional: file names that make their directory a unit the role builds and checks itself
+# (a kustomization): the files below such a directory are not checked here.
+_FILE_CHECK_OPTIONAL = {"built_when": (list, "file names that make a directory one the role "
+                                             "builds (e.g. kustomization.yaml)")}
 _HOSTNAME_VAR = re.compile(r"{{\s*inventory_hostname\s*}}")
 
 
@@ -557,7 +561,10 @@ def _file_check_problem(check) -> str | None:
     for key, (kind, what) in _FILE_CHECK_KEYS.items():
         if not isinstance(check.get(key), kind):
             return f"'{key}' must be a {kind.__name__}: {what}"
-    unknown = sorted(set(check) - set(_FILE_CHECK_KEYS))
+    for key, (kind, what) in _FILE_CHECK_OPTIONAL.items():
+        if key in check and not isinstance(check[key], kind):
+            return f"'{key}' must be a {kind.__name__}: {what}"
+    unknown = sorted(set(check) - set(_FILE_CHECK_KEYS) - set(_FILE_CHECK_OPTIONAL))
     return f"unknown key '{unknown[0]}'" if unknown else None
 
 
@@ -593,7 +600,12 @@ def _check_role_files(scan: Scan, role: RoleRef, hosts: list[_Host]) -> list[Pro
                 if outside:
                     problems += outside
                     continue
+                built = check.get("built_when") or []
                 for path in files_inside(base, scan.checkout, scan.root, problems):
+                    if any((d / name).is_file() for name in built
+                           for d in [path.parent, *path.parent.parents] if
+                           d.is_relative_to(base)):
+                        continue  # the role builds this directory (and checks it)
                     if path.suffix in (".yml", ".yaml") and path not in seen:
                         seen.add(path)
                         problems += _check_documents(path, relative(path, scan.checkout),

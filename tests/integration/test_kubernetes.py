@@ -240,17 +240,20 @@ def test_bad_manifests_are_refused_before_anything_is_applied(cli, git_servers, 
     tree.write(f"{base}/svc.yaml", docs(service("web", ns, port=99999)))
     tree.write(f"{base}/new-ns.yaml", docs(namespace("t-bad-new")))
     tree.commit("an unknown kind, an invalid port")
-    done = run(cli, tree, code=4)
+    # refused by the role before anything was applied: a refusal (exit 5), not a failure
+    done = run(cli, tree, code=5)
     assert "unknown kind Gadget (example.com/v1)" in done.stdout + done.stderr
     assert f"{base}/gadget.yaml" in done.stdout + done.stderr
     assert get(kube_cluster, "configmap", "settings", "-n", ns)["metadata"]["resourceVersion"] \
         == version
     tree.remove(f"{base}/gadget.yaml")
     tree.commit("no more gadget")
-    done = run(cli, tree, code=4)
+    done = run(cli, tree, code=5)
     text = done.stdout + done.stderr
     assert "the server rejects 1 object(s), nothing applied" in text
     assert f"{base}/svc.yaml (document 1): Service t-bad/web" in text and "99999" in text
+    assert '"kind":"Status"' not in text  # the server's message, not its JSON
+    run(cli, tree, code=5)  # remembered: the same revision is not tried again
     assert get(kube_cluster, "configmap", "settings", "-n", ns)["metadata"]["resourceVersion"] \
         == version
     assert get(kube_cluster, "namespace", "t-bad-new") is None

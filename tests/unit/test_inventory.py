@@ -128,13 +128,20 @@ def project_estate(tmp_path: Path, hosts: dict) -> Path:
 
 def test_the_kubernetes_role_declares_its_manifest_checks(tmp_path):
     """roles/k8s_manifests/meta/gitops.yml, the project's own: a cluster's manifests are
-    checked (its default directory, clusters/<target>/), bare hosts' are not."""
+    checked (its default directory, clusters/<target>/), bare hosts' are not, nor the
+    files of a kustomization (built_when)."""
     cluster = {"platform": "kubernetes", "k8s_kubeconfig": "/nowhere"}
     repo = project_estate(tmp_path, {"c1": cluster, "c2": {**cluster, "k8s_manifests_dirs":
                                                           ["bases/shop"]},
                                      "web": {"platform": "baremetal"}})
     (repo / "clusters" / "c1").mkdir(parents=True)
     (repo / "clusters" / "c1" / "app.yaml").write_text("apiVersion: v1\nmetadata: {name: x}\n")
+    # a kustomization's directory is the role's to build and check: a JSON 6902 patch is a
+    # list, not an object
+    overlay = repo / "clusters" / "c1" / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text("resources: [../app.yaml]\n")
+    (overlay / "patch.yaml").write_text("- {op: replace, path: /x, value: 1}\n")
     with pytest.raises(inventory.Refused) as refused:
         inventory.load(repo, make_settings(env="dev", state_dir=str(tmp_path / "state")))
     assert sorted(str(p) for p in refused.value.problems) == [
