@@ -50,9 +50,10 @@ collections: $(VENV)/.collections
 	$(PY) -m lab.collections
 	$(PY) -m lab.galaxy build
 
-# The Kubernetes binaries (5-37 min on a fresh machine) and the guest image (2-7 min) build in
-# the background from the start of `make test` while the tests that need neither run; their
-# fixtures wait for the build through its lock (lab/kube.py, lab/cache.py). Cached: a no-op.
+# The Kubernetes binaries (5-37 min on a fresh machine), then helm (~5.5 min), and the guest
+# image (2-7 min) build in the background from the start of `make test` while the tests that
+# need none of them run; their fixtures wait for the build through its lock (lab/kube.py,
+# lab/cache.py). Cached: a no-op.
 lab-assets: system venv
 	@mkdir -p $(LAB_CACHE)
 	@echo "lab assets: built in the background where not cached (log $(LAB_CACHE)/assets.log)"

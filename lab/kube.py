@@ -31,12 +31,19 @@ that started a cluster dies, the cluster dies with it. Logs: WORKDIR/*.log.
 Binaries (assets) come from the per-machine cache CACHE/kube-KUBE_VERSION/bin (CACHE is
 $GITOPS_LAB_CACHE or /var/cache/gitops-ansible-lab; 343 MB), built on first use from the Go
 module proxy (ensure_assets: ~37 min cold on 2 cores, ~2 min with a warm Go build cache) by
-the pinned recipe in kube_build/ (go.mod + go.sum per binary group; `python -m
-lab.kube pin` regenerates them after a version bump), under an flock so that concurrent
+the pinned recipe in kube_build/ (go.mod + go.sum per module; `python -m lab.kube pin
+[MODULE...]` regenerates them after a version bump), under an flock so that concurrent
 builders wait for one build; `python -m lab.kube build` (`make kube-assets`) builds
 ahead. KUBEBUILDER_ASSETS, when set, supplies whichever of the binaries it has (envtest's
 carries etcd, kube-apiserver and kubectl); the rest still come from the cache. A change to the
 recipe (kube_build/*/go.*, LDFLAGS) makes the next ensure_assets rebuild in place.
+
+helm (HELM_VERSION, for `helm template`) is built and cached the same way, as a binary group
+of its own (HELM: CACHE/helm-HELM_VERSION/bin/helm, 59 MB, recipe kube_build/helm/, with its
+own key, lock and log), so that neither recipe's change rebuilds the other's binaries:
+ensure_helm() (~5.5 min cold on 2 cores, 13 s with a warm Go build cache), helm_path()
+($HELM, else that build, else helm on PATH). `python -m lab.kube build` builds it after the
+Kubernetes binaries.
 
 Start: ~6-8 s per cluster on 2 cores (kube-apiserver's /readyz is nearly all of it; nodes are
 Ready ~0.5 s later). Apply to Deployment available: ~1 s. Deleting a namespace: ~5 s.
@@ -70,6 +77,8 @@ from .system import free_ports
 KUBE_VERSION = "v1.34.4"       # k8s.io/kubernetes; the staging modules k8s.io/* at v0.34.4
 ETCD_VERSION = "v3.6.16"       # go.etcd.io/etcd/server/v3
 KWOK_VERSION = "v0.8.0"        # sigs.k8s.io/kwok
+HELM_VERSION = "v3.22.0"       # helm.sh/helm/v3
+HELM_KUBE_VERSION = ("1", "37")  # helm v3.22's client-go v0.37 (its release build stamps 1.37)
 RECIPE = Path(__file__).resolve().parent / "kube_build"
 KWOK_STAGES = RECIPE / "kwok-stages.yaml"
 # module directory in kube_build/ -> the main packages built from it
@@ -119,34 +128,61 @@ class KubeAssets:
     source: str            # where they came from, for messages
 
 
+@dataclass
+class BinaryGroup:
+    """Binaries built together into one cache entry, CACHE/NAME/bin, under a recipe key of
+    their own: a change to one group's recipe rebuilds that group only."""
+    name: str                       # the cache entry; also its .lock, .log and .tmp-PID
+    modules: dict[str, list[str]]   # module directory in kube_build/ -> main packages
+    ldflags: dict[str, str]         # module directory -> go build -ldflags
+    binaries: tuple[str, ...]
+    versions: dict[str, str]        # recorded in recipe.json
+
+
+KUBE = BinaryGroup(f"kube-{KUBE_VERSION}", MODULES, LDFLAGS, BINARIES,
+                   {"kubernetes": KUBE_VERSION, "etcd": ETCD_VERSION, "kwok": KWOK_VERSION})
+_HELM_PKG = "helm.sh/helm/v3"
+HELM = BinaryGroup(f"helm-{HELM_VERSION}", {"helm": [f"{_HELM_PKG}/cmd/helm"]}, {
+    # what Helm's release build stamps in (its Makefile): `helm version` reports v3.22.0
+    # instead of v3.22, and `helm template`'s .Capabilities.KubeVersion is v1.37.0, not v1.20.0
+    "helm": "-s -w " + " ".join([
+        f"-X {_HELM_PKG}/internal/version.version={HELM_VERSION}",
+        f"-X {_HELM_PKG}/internal/version.gitTreeState=clean",
+        *(f"-X {_HELM_PKG}/pkg/{pkg}.k8sVersion{part}={value}"
+          for pkg in ("lint/rules", "chartutil")
+          for part, value in zip(("Major", "Minor"), HELM_KUBE_VERSION))])},
+    ("helm",), {"helm": HELM_VERSION})
+GROUPS = (KUBE, HELM)  # `python -m lab.kube build` builds them in this order
+
+
 def _go() -> str | None:
     return shutil.which("go") or (
         "/usr/local/go/bin/go" if os.access("/usr/local/go/bin/go", os.X_OK) else None)
 
 
-def recipe_key() -> str:
-    """Digest of everything that decides the build: pinned modules, flags, versions."""
+def recipe_key(group: BinaryGroup = KUBE) -> str:
+    """Digest of everything that decides GROUP's build: pinned modules, flags, versions."""
     h = hashlib.sha256()
-    for module in sorted(MODULES):
+    for module in sorted(group.modules):
         for name in ("go.mod", "go.sum"):
             h.update((RECIPE / module / name).read_bytes())
-        h.update(repr((MODULES[module], LDFLAGS[module])).encode())
+        h.update(repr((group.modules[module], group.ldflags[module])).encode())
     return h.hexdigest()[:16]
 
 
-def cache_dir(cache: str | os.PathLike | None = None) -> Path:
-    return cache_root(cache) / f"kube-{KUBE_VERSION}"
+def cache_dir(cache: str | os.PathLike | None = None, group: BinaryGroup = KUBE) -> Path:
+    return cache_root(cache) / group.name
 
 
-def _cached(cache=None) -> dict[str, Path] | None:
-    final = cache_dir(cache)
+def _cached(cache=None, group: BinaryGroup = KUBE) -> dict[str, Path] | None:
+    final = cache_dir(cache, group)
     try:
         stamp = json.loads((final / "recipe.json").read_text())
     except (OSError, ValueError):
         return None
-    if stamp.get("key") != recipe_key():
+    if stamp.get("key") != recipe_key(group):
         return None
-    bins = {b: final / "bin" / b for b in BINARIES}
+    bins = {b: final / "bin" / b for b in group.binaries}
     return bins if all(os.access(p, os.X_OK) for p in bins.values()) else None
 
 
@@ -172,21 +208,50 @@ def ensure_assets(cache=None, force: bool = False, log=None) -> KubeAssets:
     env = _from_env()
     if set(env) == set(BINARIES) and not force:
         return KubeAssets(env, f"KUBEBUILDER_ASSETS={os.environ['KUBEBUILDER_ASSETS']}")
-    final = cache_dir(cache)
-    bins = None if force else _cached(cache)
-    if bins is None:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with open(final.parent / f"{final.name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent builder finishes first; we reuse
-            bins = None if force else _cached(cache)
-            if bins is None:
-                _build(final, log)
-                bins = _cached(cache)
-                if bins is None:
-                    raise RuntimeError(f"kube assets build left no usable {final}")
+    bins = _ensure(KUBE, cache, force, log)
     merged = {**bins, **env}
-    source = str(final) + (f" + KUBEBUILDER_ASSETS ({', '.join(sorted(env))})" if env else "")
+    source = str(cache_dir(cache)) + (
+        f" + KUBEBUILDER_ASSETS ({', '.join(sorted(env))})" if env else "")
     return KubeAssets(merged, source)
+
+
+def ensure_helm(cache=None, log=None, *, force: bool = False) -> Path:
+    """The cached helm binary, built here when missing (~5.5 min cold on 2 cores)."""
+    return _ensure(HELM, cache, force, log)["helm"]
+
+
+def helm_unavailable_reason(cache=None) -> str | None:
+    """Why ensure_helm cannot give a helm here (None: it can, perhaps after a build)."""
+    if _cached(cache, HELM) or _go():
+        return None
+    return "no cached helm and no Go toolchain to build it (make kube-assets)"
+
+
+def helm_path() -> str | None:
+    """$HELM, else the cached build (without building it), else helm on PATH."""
+    if os.environ.get("HELM"):
+        return os.environ["HELM"]
+    bins = _cached(None, HELM)
+    return str(bins["helm"]) if bins else shutil.which("helm")
+
+
+def _ensure(group: BinaryGroup, cache=None, force: bool = False, log=None) -> dict[str, Path]:
+    """GROUP's cached binaries, built when missing or stale under the group's flock: a
+    concurrent builder finishes first, and we then reuse its build."""
+    bins = None if force else _cached(cache, group)
+    if bins is not None:
+        return bins
+    final = cache_dir(cache, group)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f"{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        bins = None if force else _cached(cache, group)
+        if bins is None:
+            _build(final, group, log)
+            bins = _cached(cache, group)
+            if bins is None:
+                raise RuntimeError(f"the {group.name} build left no usable {final}")
+    return bins
 
 
 def _go_env(work: Path) -> dict:
@@ -197,10 +262,10 @@ def _go_env(work: Path) -> dict:
     return env
 
 
-def _build(final: Path, log=None) -> None:
+def _build(final: Path, group: BinaryGroup, log=None) -> None:
     go = _go()
     if not go:
-        raise RuntimeError("the Go toolchain is needed to build the Kubernetes binaries")
+        raise RuntimeError(f"the Go toolchain is needed to build {', '.join(group.binaries)}")
     root = final.parent
     for stale in root.glob(f"{final.name}.tmp-*"):  # from a crashed build; we hold the lock
         shutil.rmtree(stale, ignore_errors=True)
@@ -210,13 +275,13 @@ def _build(final: Path, log=None) -> None:
     out = open(log_path, "w")
     try:
         (tmp / "bin").mkdir(parents=True)
-        for module, packages in MODULES.items():
+        for module, packages in group.modules.items():
             src = tmp / "src" / module
             src.mkdir(parents=True)
             for name in ("go.mod", "go.sum"):
                 shutil.copyfile(RECIPE / module / name, src / name)
             argv = ["nice", "-n", "10", go, "build", "-trimpath", "-buildvcs=false",
-                    f"-ldflags={LDFLAGS[module]}", "-o", str(tmp / "bin") + "/", *packages]
+                    f"-ldflags={group.ldflags[module]}", "-o", str(tmp / "bin") + "/", *packages]
             started = time.monotonic()
             out.write(f"+ (cd {src} && {' '.join(argv)})\n")
             out.flush()
@@ -235,8 +300,7 @@ def _build(final: Path, log=None) -> None:
             (tmp / "bin" / "server").rename(tmp / "bin" / "etcd")
         shutil.rmtree(tmp / "src")
         (tmp / "recipe.json").write_text(json.dumps({
-            "key": recipe_key(), "kubernetes": KUBE_VERSION, "etcd": ETCD_VERSION,
-            "kwok": KWOK_VERSION, "seconds": times,
+            "key": recipe_key(group), **group.versions, "seconds": times,
             "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }, indent=2) + "\n")
         if final.exists():  # an older recipe: running clusters keep their open binaries
@@ -251,8 +315,9 @@ def _build(final: Path, log=None) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def pin(log=print) -> None:
-    """Regenerate kube_build/*/go.mod and go.sum from the versions above (go mod tidy)."""
+def pin(log=print, modules=None) -> None:
+    """Regenerate kube_build/MODULE/go.mod and go.sum (every module's by default) from the
+    versions above (go mod tidy)."""
     go = _go()
     if not go:
         raise RuntimeError("no Go toolchain")
@@ -265,9 +330,16 @@ def pin(log=print) -> None:
         "etcd": ("gitops-ansible-lab/etcd", "1.26.0", "",
                  f"go.etcd.io/etcd/server/v3 {ETCD_VERSION}", ""),
         "kwok": ("gitops-ansible-lab/kwok", "1.26.0", "", f"sigs.k8s.io/kwok {KWOK_VERSION}", ""),
+        "helm": ("gitops-ansible-lab/helm", "1.26.0", "", f"{_HELM_PKG} {HELM_VERSION}", ""),
     }
-    for module, (path, go_version, godebug, require, replace) in mods.items():
-        tools = "".join(f"\t{p}\n" for p in MODULES[module])
+    packages = {m: p for group in GROUPS for m, p in group.modules.items()}
+    unknown = set(modules or ()) - set(mods)
+    if unknown:
+        raise ValueError(f"pin: no module {', '.join(sorted(unknown))} in {RECIPE} "
+                         f"(expected one of {', '.join(mods)})")
+    for module in modules or mods:
+        path, go_version, godebug, require, replace = mods[module]
+        tools = "".join(f"\t{p}\n" for p in packages[module])
         text = (f"// Generated by `python -m lab.kube pin`: the recipe of the {module} "
                 f"binaries.\nmodule {path}\n\ngo {go_version}\n\n{godebug}require {require}\n\n"
                 f"tool (\n{tools})\n" + (f"\n{replace}" if replace else ""))
@@ -667,7 +739,10 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--force", action="store_true", help="rebuild even when cached")
     build.add_argument("--cache",
                        help="default: $GITOPS_LAB_CACHE or /var/cache/gitops-ansible-lab")
-    sub.add_parser("pin", help="regenerate kube_build/*/go.mod, go.sum from the versions")
+    pinning = sub.add_parser("pin", help="regenerate kube_build/*/go.mod, go.sum from the "
+                             "versions")
+    pinning.add_argument("modules", nargs="*", metavar="MODULE",
+                         help="a directory of kube_build/ (default: all)")
     run = sub.add_parser("run", help="start clusters and keep them until interrupted")
     run.add_argument("--dir", required=True)
     run.add_argument("names", nargs="+")
@@ -675,12 +750,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "build":
         started = time.monotonic()
-        assets = ensure_assets(args.cache, force=args.force,
-                               log=lambda m: print(m, file=sys.stderr, flush=True))
+        def log(message):
+            print(message, file=sys.stderr, flush=True)
+        assets = ensure_assets(args.cache, force=args.force, log=log)
+        helm = ensure_helm(args.cache, log, force=args.force)
         print(json.dumps({"source": assets.source, "seconds": round(time.monotonic() - started, 1),
-                          "bin": {k: str(v) for k, v in assets.bin.items()}}, indent=2))
+                          "bin": {**{k: str(v) for k, v in assets.bin.items()},
+                                  "helm": str(helm)}}, indent=2))
     elif args.command == "pin":
-        pin()
+        pin(modules=args.modules)
     else:
         clusters = [KubeCluster(Path(args.dir, n), n) for n in args.names]
         try:
