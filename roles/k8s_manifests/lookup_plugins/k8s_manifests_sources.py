@@ -122,6 +122,7 @@ def check_kustomization(directory: Path, root: Path, problems: list, seen=None) 
 
 
 def _run(argv, where, problems, stdin=None, env=None) -> str | None:
+    command = f"{Path(argv[0]).name} {argv[1]}"
     try:
         done = subprocess.run(argv, input=stdin, capture_output=True, text=True,
                               timeout=TIMEOUT, env=env)
@@ -130,11 +131,11 @@ def _run(argv, where, problems, stdin=None, env=None) -> str | None:
                         "the role's variable that names it")
         return None
     except subprocess.TimeoutExpired:
-        problems.append(f"{where}: {' '.join(argv[:2])} took more than {TIMEOUT}s")
+        problems.append(f"{where}: {command} took more than {TIMEOUT}s")
         return None
     if done.returncode:
         lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()] or ["(no output)"]
-        problems.append(f"{where}: {' '.join(argv[:2])} failed: {' '.join(lines[-3:])[:800]}")
+        problems.append(f"{where}: {command} failed: {' '.join(lines[-3:])[:800]}")
         return None
     return done.stdout
 
