@@ -105,6 +105,16 @@ def kube_assets():
 
 
 @pytest.fixture(scope="session")
+def helm():
+    """(session) Path of the lab's helm (kube.py: built from the Go module proxy and cached,
+    after the Kubernetes binaries; this fixture waits for that build through its lock)."""
+    from .kube import ensure_helm, helm_unavailable_reason
+
+    _require_lab(helm_unavailable_reason(), "helm of the lab")
+    return ensure_helm()
+
+
+@pytest.fixture(scope="session")
 def kube_cluster(kube_assets, tmp_path_factory):
     """(session) a started KubeCluster "lab": kubeconfig context "lab", one kwok node
     lab-node-1 on which pods become Running and Ready; stopped at the session's end. Tests

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gitops_ansible import config
-from lab.fixtures import (host_lab, kube_assets, kube_cluster, lab_rootfs,  # noqa: F401
+from lab.fixtures import (helm, host_lab, kube_assets, kube_cluster, lab_rootfs,  # noqa: F401
                           require, vm_lab)  # (the lab's pytest fixtures, for every test)
 from lab.gitserver import GitServers, WorkTree
 

@@ -14,8 +14,7 @@ import pytest
 import yaml
 
 from lab.hosts import HostLab
-from lab.kube import HELM_KUBE_VERSION, HELM_VERSION, ensure_helm, helm_unavailable_reason
-from tests.conftest import require
+from lab.kube import HELM_KUBE_VERSION, HELM_VERSION
 
 pytestmark = pytest.mark.baremetal
 VENV_BIN = Path(sys.executable).parent
@@ -173,15 +172,6 @@ def test_cli_lab_outlives_the_command_and_down_leaves_nothing(lab_rootfs, tmp_pa
                               capture_output=True, text=True, timeout=120)
     assert down.returncode == 0, down.stderr
     assert leftovers("gatcli") == []
-
-
-@pytest.fixture(scope="module")
-def helm():
-    """The cached helm (lab/kube.py), built here when missing; without Go and a cache it
-    skips, or fails under CI=true."""
-    reason = helm_unavailable_reason()
-    require(reason is None, f"helm: {reason}")
-    return ensure_helm()
 
 
 def test_cached_helm_renders_a_chart_with_values_from_stdin(helm, tmp_path):

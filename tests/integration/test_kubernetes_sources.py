@@ -15,8 +15,7 @@ import threading
 import pytest
 import yaml
 
-from lab.kube import helm_path, kubectl_path
-from tests.conftest import require
+from lab.kube import kubectl_path
 from tests.integration.test_kubernetes import (
     cluster_target, configmap, deployment, docs, estate, get, namespace, report, run, service,
 )
@@ -24,11 +23,12 @@ from tests.integration.test_kubernetes import (
 pytestmark = [pytest.mark.kubernetes, pytest.mark.git, pytest.mark.e2e]
 
 
-def tools() -> dict:
+@pytest.fixture
+def tools(helm) -> dict:
     """The role's commands, pointed at the lab's binaries (the PATH's kubectl may be a
     version dispatcher)."""
     return {"k8s_manifests_kustomize": [kubectl_path(), "kustomize"],
-            "k8s_manifests_helm": helm_path()}
+            "k8s_manifests_helm": str(helm)}
 
 
 def unplaced(obj: dict) -> dict:
@@ -42,10 +42,11 @@ def kustomization(**spec) -> str:
                            "kind": "Kustomization", **spec}, sort_keys=False)
 
 
-def test_kustomize_overlays_per_target(cli, git_servers, kube_cluster, tmp_path, request):
+def test_kustomize_overlays_per_target(cli, git_servers, kube_cluster, tools, tmp_path,
+                                       request):
     ns = "t-kprod"
     tree = estate(git_servers, tmp_path, request.node.name, {"lab": {
-        "t-kust": cluster_target(kube_cluster, k8s_namespace="t-kdefault", **tools())}})
+        "t-kust": cluster_target(kube_cluster, k8s_namespace="t-kdefault", **tools)}})
     app = "bases/app"
     tree.write(f"{app}/base/kustomization.yaml", kustomization(
         resources=["deployment.yaml", "service.yaml"],
@@ -150,10 +151,8 @@ spec: {containers: [{name: t, image: registry.invalid/t:1}]}
 
 
 @pytest.fixture
-def chart_repository(tmp_path):
+def chart_repository(helm, tmp_path):
     """A chart repository (index.yaml and the packaged chart) served on loopback."""
-    helm = helm_path()
-    require(helm is not None, "helm is not built (python -m lab.kube build)")
     src, served = tmp_path / "cache-chart", tmp_path / "repo"
     cache = {**CHART, "Chart.yaml": "apiVersion: v2\nname: cache\nversion: 1.2.3\n"}
     for name, text in cache.items():
@@ -175,14 +174,15 @@ def chart_repository(tmp_path):
 
 
 def test_helm_charts_from_git_and_from_a_chart_repository(cli, git_servers, kube_cluster,
-                                                          chart_repository, tmp_path, request):
+                                                          chart_repository, tools, tmp_path,
+                                                          request):
     ns, target = "t-helm", "t-helm"
     charts = [{"name": "web", "chart": "charts/web", "namespace": ns,
                "values": {"replicas": "{{ web_replicas }}", "greeting": "hello"}},
               {"name": "cache", "chart": "cache", "repo": chart_repository, "version": "1.2.3"}]
     tree = estate(git_servers, tmp_path, request.node.name, {"lab": {target: cluster_target(
         kube_cluster, k8s_namespace="t-helm-cache", web_replicas=2,
-        k8s_manifests_helm_charts=charts, **tools())}})
+        k8s_manifests_helm_charts=charts, **tools)}})
     for name, text in CHART.items():
         tree.write(f"charts/web/{name}", text)
     tree.write(f"clusters/{target}/namespaces.yaml", docs(namespace(ns),
