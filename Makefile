@@ -100,5 +100,5 @@ clean:
 	rm -rf $(VENV) .venv-compat *.egg-info
 
 .PHONY: kube-assets
-kube-assets: venv  ## build the cached Kubernetes binaries for the tests (once per machine, ~37 min)
+kube-assets: venv  ## build the cached Kubernetes binaries and helm for the tests (once per machine, ~20-37 min)
 	$(PY) -m lab.kube build

@@ -26,7 +26,7 @@ class ExitCode(IntEnum):
     CHANGED = 2     # converged with changes (plan: changes pending)
     NOTHING = 3     # nothing to do: the revision is already applied
     FAILED = 4      # some hosts failed or were unreachable
-    REFUSED = 5     # bad input or policy: nothing was touched
+    REFUSED = 5     # bad input, policy, or a target refused it: nothing applied there
     BUSY = 6        # another cycle holds the environment's lock (lock = fail)
 
 
