@@ -4,7 +4,6 @@ say what a converge would do); the role's tasks/main.yml calls it once per targe
 from __future__ import annotations
 
 import copy
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 

@@ -22,7 +22,6 @@ import yaml
 MANAGED_BY = ("app.kubernetes.io/managed-by", "gitops-ansible")
 ANNOTATION = "gitops-ansible.io/"
 PRUNE_DISABLED = "disabled"
-LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 # Applied first, in this order: what other objects need to exist (namespaces, CRDs), then
 # the cluster-wide and namespaced configuration workloads read, then everything else.
 PHASE1_KINDS = ("Namespace", "CustomResourceDefinition")
@@ -162,10 +161,6 @@ def _order(obj) -> tuple:
     rank = KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER) + (
         1 if kind in WORKLOADS else 0)
     return (rank, obj["namespace"], kind, obj["definition"]["metadata"]["name"])
-
-
-def rank(obj) -> int:
-    return _order(obj)[0]
 
 
 # -- the no-op path ------------------------------------------------------------------------
