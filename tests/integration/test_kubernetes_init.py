@@ -15,6 +15,8 @@ from lab.kube import KubeCluster
 from tests.integration.test_kubernetes import prerequisites  # noqa: F401
 from tests.integration.test_roles_quality import output, tool
 
+# the Kubernetes modules run last (tests/conftest.py): the session's cluster starts then
+pytestmark = [pytest.mark.kubernetes, pytest.mark.git, pytest.mark.e2e]
 TARGET, NAMESPACE = "cluster", "hello"  # what the skeleton's inventory and manifests name
 
 

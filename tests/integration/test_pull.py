@@ -182,7 +182,7 @@ def test_two_runs_never_overlap(cli, estate, git_servers, tmp_path):
     marks = [word for word in journal if word in ("start", "end")]
     assert marks == ["start", "start", "end", "end"] * 2  # two hosts per run, runs in turn
     busy = cli.popen("run", "--repo", url, "--env", "dev", "--force")
-    time.sleep(1.5)
+    said(busy, "converging ")  # it holds the lock
     refused = cli("run", "--repo", url, "--env", "dev", "--force", "--lock", "fail",
                   check_code=6)
     assert "another cycle of 'dev' is running" in refused.stderr
@@ -254,6 +254,15 @@ def test_timeout_and_sigterm_cancel_the_run_cleanly(cli, estate, git_servers, tm
     assert state.get("applied_revision") is None  # a cancelled run applies nothing
 
 
+def said(proc, *texts) -> str:
+    """The first line of ``proc``'s output (progress goes to stdout) holding one of
+    ``texts``: a process is known to be there, however loaded the machine is."""
+    for line in proc.stdout:
+        if any(text in line for text in texts):
+            return line
+    raise AssertionError(f"the process ended (exit {proc.wait()}) without saying {texts}")
+
+
 def test_sigterm_stops_a_waiting_or_validating_cycle_before_ansible(cli, estate, git_servers,
                                                                      tmp_path):
     """SIGTERM while a cycle waits for the lock, or while it validates a large commit,
@@ -266,9 +275,9 @@ def test_sigterm_stops_a_waiting_or_validating_cycle_before_ansible(cli, estate,
     estate.write("inventories/dev/group_vars/all.yml", "---\ngreet_sleep: 5\n")
     estate.commit("slow converge")
     slow = cli.popen("run", "--repo", url, "--env", "dev", "--force")
-    time.sleep(1.0)
+    said(slow, "converging ", "waiting for the running cycle")  # it is next in line
     waiter = cli.popen("run", "--repo", url, "--env", "dev", "--force")
-    time.sleep(1.5)
+    said(waiter, "waiting for the running cycle")  # its handlers are set: it waits
     waiter.send_signal(signal.SIGTERM)
     assert waiter.wait(10) == 1
     assert "before the run started; nothing was changed" in waiter.stderr.read()
