@@ -600,12 +600,12 @@ def _check_role_files(scan: Scan, role: RoleRef, hosts: list[_Host]) -> list[Pro
                 if outside:
                     problems += outside
                     continue
-                built = check.get("built_when") or []
-                for path in files_inside(base, scan.checkout, scan.root, problems):
-                    if any((d / name).is_file() for name in built
-                           for d in [path.parent, *path.parent.parents] if
-                           d.is_relative_to(base)):
-                        continue  # the role builds this directory (and checks it)
+                files = files_inside(base, scan.checkout, scan.root, problems)
+                # directories the role builds (and checks) itself: a kustomization's
+                units = [p.parent for p in files if p.name in check.get("built_when", ())]
+                for path in files:
+                    if any(path.is_relative_to(unit) for unit in units):
+                        continue
                     if path.suffix in (".yml", ".yaml") and path not in seen:
                         seen.add(path)
                         problems += _check_documents(path, relative(path, scan.checkout),

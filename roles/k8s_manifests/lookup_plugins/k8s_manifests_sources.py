@@ -217,10 +217,10 @@ def sources(dirs, root: Path, charts, kustomize_cmd, helm, namespace) -> dict:
             continue
         for current, subdirs, files in os.walk(base):
             here = Path(current)
-            for sub in sorted(subdirs):
-                if _kustomization(here / sub):
-                    built += kustomize(here / sub, root, kustomize_cmd, problems)
-            subdirs[:] = sorted(s for s in subdirs if not _kustomization(here / s))
+            units = [sub for sub in sorted(subdirs) if _kustomization(here / sub)]
+            for sub in units:
+                built += kustomize(here / sub, root, kustomize_cmd, problems)
+            subdirs[:] = sorted(s for s in subdirs if s not in units)
             for name in sorted(files):
                 if name.endswith((".yml", ".yaml")):
                     path = here / name
