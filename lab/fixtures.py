@@ -10,6 +10,8 @@ host_lab     (session) a started HostLab: hosts web-1, web-2, db-1 (SUBNET.11-13
 vm_lab       (session) a started VmLab (libvirtd, the cached guest image, a client key)
 kube_assets  (session) the Kubernetes binaries (cached; built on first use)
 kube_cluster (session) a started KubeCluster "lab"
+node_lab     (session) a started NodeLab: execution nodes node-1, node-2 (the controller's
+             ansible-core and ansible-runner), node-other (another runner), target-1, -2
 
 Each pytest-xdist worker (PYTEST_XDIST_WORKER=gw0, gw1, ...) is a session of its own and
 gets a lab of its own: host lab prefix gattestN and subnet 198.18.(20+N), VM domains
@@ -124,3 +126,32 @@ def kube_cluster(kube_assets, tmp_path_factory):
 
     with KubeCluster(tmp_path_factory.mktemp("kube-lab"), "lab", assets=kube_assets) as cluster:
         yield cluster
+
+
+# ---- execution nodes (lab hosts with a Python, ansible-core and ansible-runner; nodes.py) --
+NODE_LAB_TARGETS = ["target-1", "target-2"]
+
+
+def node_lab_names() -> tuple[str, str]:
+    """(prefix, subnet) of this session's node lab: gatnode and 198.18.13; in xdist worker N
+    gatnodeN and 198.18.(40+N) (host_lab takes 198.18.(20+N))."""
+    n = worker()
+    return ("gatnode", "198.18.13") if n is None else (f"gatnode{n}", f"198.18.{40 + n}")
+
+
+@pytest.fixture(scope="session")
+def node_lab(lab_rootfs, tmp_path_factory):
+    """(session) a started NodeLab: execution nodes node-1 and node-2 (SUBNET.11-12) with the
+    controller's Python, ansible-core and ansible-runner at /opt/gitops-node (on the SSH
+    PATH), node-other (.13) with another ansible-runner (a node to refuse), and the plain
+    hosts target-1 and target-2 (.14-15); the runtimes are cached (built on first use,
+    ~10 s each with PyPI reachable). Tests that change a host put it back as they found it (reset_host)."""
+    from .nodes import NodeLab, ensure_node_runtime, other_runner_version
+
+    runtime = ensure_node_runtime()
+    other = ensure_node_runtime(ansible_runner=other_runner_version(runtime.ansible_runner))
+    prefix, subnet = node_lab_names()
+    nodes = {"node-1": runtime, "node-2": runtime, "node-other": other}
+    with NodeLab(tmp_path_factory.mktemp("node-lab"), nodes, NODE_LAB_TARGETS, prefix=prefix,
+                 subnet=subnet, rootfs=lab_rootfs) as lab:
+        yield lab

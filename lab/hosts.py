@@ -11,8 +11,10 @@ Layout: a bridge PREFIX-br holding SUBNET.1/24 in the root namespace; per host a
 namespace PREFIX-NAME with eth0 = SUBNET.(10+i)/24, i = 1, 2, ... in the order of the names
 (no default route: the hosts reach only the bridge address), and a veth PREFIX-hI into the
 bridge. start() refuses a subnet that this machine already routes. Each host's root is an
-overlay: lower = the cached rootfs (rootfs.py), upper/work in WORKDIR/hosts/NAME, mounted on
-the host side at WORKDIR/hosts/NAME/merged (= Host.root, so tests can read what the host has).
+overlay: lower = the cached rootfs (rootfs.py), under the host's extra read-only layers if
+it has any (layers={NAME: [DIR, ...]}, as nodes.py gives execution nodes their runtime),
+upper/work in WORKDIR/hosts/NAME, mounted on the host side at WORKDIR/hosts/NAME/merged
+(= Host.root, so tests can read what the host has).
 `systemd-nspawn --boot` boots the host's systemd (PID 1 of its own PID namespace) in that
 network namespace over that root: journald, D-Bus, logind and ssh.service run as on a
 server, so roles can start, enable, restart and reload services, sshd included. Its /proc/sys
@@ -83,7 +85,7 @@ class Host:
 
 class HostLab:
     def __init__(self, workdir, names, prefix="gattest", subnet=DEFAULT_SUBNET,
-                 rootfs=None, cache_dir=None):
+                 rootfs=None, cache_dir=None, layers=None):
         if not re.fullmatch(r"[a-z][a-z0-9]{0,9}", prefix):
             raise ValueError(f"prefix {prefix!r}: 1-10 lowercase letters/digits (interface names)")
         if not re.fullmatch(r"\d{1,3}\.\d{1,3}\.\d{1,3}", subnet):
@@ -94,6 +96,9 @@ class HostLab:
         self.workdir = Path(workdir).resolve()
         self.names, self.prefix, self.subnet = list(names), prefix, subnet
         self.rootfs, self.cache_dir = rootfs, cache_dir
+        # {name: [directories]}: read-only layers of that host's overlay above the rootfs
+        # (nodes.py: an execution node's runtime)
+        self.layers = {name: [Path(p) for p in paths] for name, paths in (layers or {}).items()}
         self.gateway = f"{subnet}.1"
         self.bridge = f"{prefix}-br"
         self.key = self.workdir / "id_ed25519"
@@ -296,8 +301,9 @@ class HostLab:
             shutil.rmtree(d / sub, ignore_errors=True)
             (d / sub).mkdir(parents=True)
         host.root.mkdir(parents=True, exist_ok=True)
+        lower = ":".join(map(str, [*self.layers.get(name, []), self.rootfs]))
         run("mount", "-t", "overlay", f"gitops-lab-{self.prefix}", "-o",
-             f"lowerdir={self.rootfs},upperdir={d / 'upper'},workdir={d / 'work'}", str(host.root))
+             f"lowerdir={lower},upperdir={d / 'upper'},workdir={d / 'work'}", str(host.root))
         r = host.root
         (r / "etc/hostname").write_text(f"{name}\n")
         (r / "etc/machine-id").write_text(f"{uuid.uuid4().hex}\n")  # a new one per install
