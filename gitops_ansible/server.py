@@ -19,9 +19,10 @@ changes nothing but a source's pending trigger (``sync`` and webhooks).
     POST /hooks/gitlab          X-Gitlab-Token: secret
     POST /hooks/generic         X-Signature: sha256=HMAC-SHA256(secret, body)
 
-Metrics: prometheus_client writes the exposition (one registry per agent, no global
-state). Counters and the run-duration histogram are counted here since the agent
-started; the gauges are read from the store and the scheduler at each scrape.
+Metrics: counters and the run-duration histogram are counted here since the agent
+started; the gauges are read from the store and the scheduler at each scrape; the text
+format is written here too (``exposition``): prometheus_client was a dependency and half
+a MiB of the idle agent's memory for these few lines.
 """
 from __future__ import annotations
 
@@ -39,10 +40,6 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFamily,
-                                            HistogramMetricFamily)
-
 from . import records, webhooks
 from .notify import read_secret
 from .records import run_detail
@@ -51,7 +48,7 @@ from .source import redact_url
 from .store import FAILED_OUTCOMES, EnvState, Store
 
 MAX_BODY = 5 * 1024 * 1024
-METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HTML = "text/html; charset=utf-8"
 DURATION = "gitops_ansible_run_duration_seconds"
 DURATION_HELP = "Duration of converging and drift-check runs"
@@ -85,21 +82,17 @@ GAUGES = {  # name: (help, label names)
 
 class Metrics:
     """The agent's counters and run-duration histogram, and the collectors given (the
-    gauges), in a registry of its own.
+    gauges): each has ``collect()``, giving metric families (``Family``).
 
-    The counting is ours, not prometheus_client's ``Counter`` and ``Histogram``: those
-    write bucket bounds as ``le="30.0"`` where the agent has always written ``le="30"``
-    (a query on ``le="30"`` would stop matching), and add a ``_created`` gauge per
-    counter to the 0.0.4 text format, which only a process-wide switch turns off.
+    Bucket bounds are written as ``le="30"`` (as the agent always has: a query on
+    ``le="30"`` keeps matching), and counters have no ``_created`` samples.
     """
 
     def __init__(self, *collectors):
         self.lock = threading.Lock()
         self.counters: dict[tuple[str, tuple[str, ...]], float] = {}
         self.histograms: dict[str, dict] = {}
-        self.registry = CollectorRegistry()
-        for collector in (self, *collectors):
-            self.registry.register(collector)
+        self.collectors = (self, *collectors)
 
     def inc(self, name: str, amount: float = 1, **labels) -> None:
         key = (name, tuple(str(labels[label]) for label in COUNTERS[name][1]))
@@ -116,28 +109,72 @@ class Metrics:
             hist["sum"] += seconds
             hist["count"] += 1
 
-    def collect(self):
-        """prometheus_client's collector protocol: the counters and the histogram."""
+    def collect(self) -> list[Family]:
+        """The counters and the histogram."""
         with self.lock:
             counters = sorted(self.counters.items())
             histograms = sorted((env, dict(h, buckets=list(h["buckets"])))
                                 for env, h in self.histograms.items())
-        for name, (help_text, labels) in COUNTERS.items():
-            family = CounterMetricFamily(name, help_text, labels=labels)
-            for (metric, values), value in counters:
-                if metric == name:
-                    family.add_metric(values, value)
-            yield family
-        family = HistogramMetricFamily(DURATION, DURATION_HELP, labels=("env",))
+        families = [Family(name, "counter", help_text, [
+            ("", dict(zip(labels, values)), value)
+            for (metric, values), value in counters if metric == name])
+            for name, (help_text, labels) in COUNTERS.items()]
+        samples = []
         for env, hist in histograms:
-            buckets = [(str(bound), count) for bound, count in zip(DURATION_BUCKETS,
-                                                                   hist["buckets"])]
-            family.add_metric((env,), buckets + [("+Inf", hist["count"])], hist["sum"])
-        yield family
+            bounds = [*map(str, DURATION_BUCKETS), "+Inf"]
+            samples += [("_bucket", {"env": env, "le": bound}, count)
+                        for bound, count in zip(bounds, [*hist["buckets"], hist["count"]])]
+            samples += [("_count", {"env": env}, hist["count"]),
+                        ("_sum", {"env": env}, hist["sum"])]
+        return families + [Family(DURATION, "histogram", DURATION_HELP, samples)]
 
     def text(self) -> bytes:
-        """Everything in the registry, in the Prometheus text format 0.0.4."""
-        return generate_latest(self.registry)
+        """Everything collected, in the Prometheus text format 0.0.4."""
+        return exposition(f for collector in self.collectors for f in collector.collect())
+
+
+@dataclass
+class Family:
+    """One metric family: its samples are (name suffix, labels, value)."""
+    name: str
+    kind: str  # counter | gauge | histogram
+    help: str
+    samples: list[tuple[str, dict, float]]
+
+
+def exposition(families) -> bytes:
+    """The Prometheus text format 0.0.4: each family's HELP and TYPE lines, then its
+    samples; label values and help escaped as the format says."""
+    lines = []
+    for family in families:
+        lines += [f"# HELP {family.name} {_escaped(family.help, quote=False)}",
+                  f"# TYPE {family.name} {family.kind}"]
+        for suffix, labels, value in family.samples:
+            pairs = ",".join(f'{key}="{_escaped(str(text))}"' for key, text in labels.items())
+            lines.append(f"{family.name}{suffix}{{{pairs}}} {_number(value)}" if pairs
+                         else f"{family.name}{suffix} {_number(value)}")
+    return "".join(f"{line}\n" for line in lines).encode()
+
+
+def _escaped(text: str, quote: bool = True) -> str:
+    text = text.replace("\\", "\\\\").replace("\n", "\\n")
+    return text.replace('"', '\\"') if quote else text
+
+
+def _number(value: float) -> str:
+    """A sample value as Prometheus' own clients write it (Go's float formatting):
+    ``1.0``, ``30.5``, ``1.2345678125e+07``, ``+Inf``, ``NaN``."""
+    value = float(value)
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if math.isnan(value):
+        return "NaN"
+    text = repr(value)
+    dot = text.find(".")
+    if value > 0 and dot > 6:  # Go writes an exponent from 1e+06 up
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1:]}".rstrip("0").rstrip(".")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return text
 
 
 class Gauges:
@@ -147,11 +184,12 @@ class Gauges:
     def __init__(self, read):
         self.read = read
 
-    def collect(self):
-        families = {name: GaugeMetricFamily(name, help_text, labels=labels)
-                    for name, (help_text, labels) in GAUGES.items()}
+    def collect(self) -> list[Family]:
+        families = {name: Family(name, "gauge", help_text, [])
+                    for name, (help_text, _) in GAUGES.items()}
         for name, labels, value in self.read():
-            families[name].add_metric([labels[label] for label in GAUGES[name][1]], value)
+            families[name].samples.append(
+                ("", {label: labels[label] for label in GAUGES[name][1]}, value))
         return list(families.values())
 
 
