@@ -5,6 +5,8 @@ checkout (`python -m lab ...`, `import lab.hosts`).
 hosts.py      HostLab: bare hosts (systemd booted by systemd-nspawn in network namespaces,
               on overlay root filesystems, sshd as a service)
 rootfs.py     ensure_rootfs(): the cached debootstrap rootfs, the hosts' shared lower layer
+nodes.py      NodeLab: execution nodes, hosts with a cached runtime layer (the controller's
+              Python, ansible-core and ansible-runner) for ansible-runner's worker
 aptproxy.py   the HTTP proxy through which apt inside the hosts reaches the Debian mirror
 gitserver.py  GitServers: bare repositories over file://, git daemon, SSH and HTTPS; WorkTree
 kube.py       KubeCluster: etcd + kube-apiserver + controllers + kwok, binaries built once
