@@ -60,6 +60,11 @@ from .cache import cache_root
 from .rootfs import ROOTFS_KEY, ensure_rootfs, mirror_hosts
 from .system import connects, run, ssh_banner
 
+# Seconds a host may take from systemd-nspawn to an SSH banner: ~2 s on a quiet machine, but
+# 30 s was not enough for the 4th host of a lab booted while another lab converged 12 hosts
+# beside the suite (2 cores). A ceiling, not a delay.
+BOOT_TIMEOUT = 120
+
 PROXY_PORT = 3142
 LOCK_WAIT = 1200  # seconds to wait while another process uses a lab with the same prefix
 # Not 192.0.2 (TEST-NET-1): on the project's machines that is the real uplink's subnet.
@@ -352,7 +357,7 @@ class HostLab:
                 raise RuntimeError(f"host {name} exited with {proc.returncode}:\n"
                                    + log.read_text(errors="replace")[-2000:])
             return ssh_banner(host.address, host.port)
-        _wait(ready, 30, f"sshd on {name}", log)
+        _wait(ready, BOOT_TIMEOUT, f"sshd on {name}", log)
         # "running", or "degraded" when a unit failed: either way the boot is over.
         self.exec(name, ["systemctl", "is-system-running", "--wait"], timeout=60)
 
