@@ -119,9 +119,8 @@ class Metrics:
             ("", dict(zip(labels, values)), value)
             for (metric, values), value in counters if metric == name])
             for name, (help_text, labels) in COUNTERS.items()]
-        samples = []
+        samples, bounds = [], [*map(str, DURATION_BUCKETS), "+Inf"]
         for env, hist in histograms:
-            bounds = [*map(str, DURATION_BUCKETS), "+Inf"]
             samples += [("_bucket", {"env": env, "le": bound}, count)
                         for bound, count in zip(bounds, [*hist["buckets"], hist["count"]])]
             samples += [("_count", {"env": env}, hist["count"]),

@@ -145,7 +145,8 @@ def node_lab(lab_rootfs, tmp_path_factory):
     controller's Python, ansible-core and ansible-runner at /opt/gitops-node (on the SSH
     PATH), node-other (.13) with another ansible-runner (a node to refuse), and the plain
     hosts target-1 and target-2 (.14-15); the runtimes are cached (built on first use,
-    ~10 s each with PyPI reachable). Tests that change a host put it back as they found it (reset_host)."""
+    ~10 s each with PyPI reachable). Tests that change a host put it back as they found
+    it (reset_host)."""
     from .nodes import NodeLab, ensure_node_runtime, other_runner_version
 
     runtime = ensure_node_runtime()
