@@ -59,12 +59,15 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def measure(argv, cwd, env, timeout: float = 900) -> Sample:
-    """Run argv to its end in its own process group; output goes to a file, not a pipe."""
+def measure(argv, cwd, env, timeout: float = 900, started=None) -> Sample:
+    """Run argv to its end in its own process group (and session: ``started``, if given,
+    is told its pid); output goes to a file, not a pipe."""
     with tempfile.TemporaryFile() as out:
         start = time.perf_counter()
         proc = subprocess.Popen([str(a) for a in argv], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        if started:
+            started(proc.pid)
         timer = threading.Timer(timeout, _kill_group, (proc.pid,))
         timer.start()
         try:

@@ -23,7 +23,8 @@ from .store import Mode, StoreError
 CYCLE_FLAGS = ["env", "state_dir", "playbook", "inventory_dir", "vault_password_file", "check",
                "diff", "limit", "tags", "skip_tags", "lock", "lock_timeout", "timeout",
                "preflight", "preflight_timeout", "known_hosts", "keep_runs", "galaxy_timeout",
-               "idle_timeout", "task_timeout", "ssh_keepalive", "min_free_mb", "scope", "json"]
+               "idle_timeout", "task_timeout", "ssh_keepalive", "min_free_mb", "scope", "slicing",
+               "json"]
 GIT_FLAGS = ["repo", "ref", "workdir", "ssh_key", "accept_host_key", "git_token_file",
              "git_token_user", "git_timeout", "keep_checkouts"]
 # rollback ENV, promote ENV: a complete pull cycle of ENV (no --env, no partial run)

@@ -113,6 +113,21 @@ def setting(kind: str, default, help: str, choices: tuple = (), minimum: int = 0
                                             "minimum": minimum})
 
 
+def _tables(where: str, name: str, raw, keys: tuple[str, ...]) -> list[tuple[str, dict]]:
+    """The tables of the list NAME (``[[NAME]]``), each with where it is, once checked to
+    be a table of known keys."""
+    what = f"a table with {', '.join(keys[:-1])} and {keys[-1]}"
+    if not isinstance(raw, list):
+        raise ConfigError(where, name, f"a list of tables ([[{name}]], each {what})", raw)
+    for index, table in enumerate(raw):
+        if not isinstance(table, dict):
+            raise ConfigError(where, f"{name}[{index}]", what, table)
+        for key in table:
+            if key not in keys:
+                raise ConfigError(f"{where}: {name}[{index}]", key, "one of " + ", ".join(keys))
+    return [(f"{where}: {name}[{index}]", table) for index, table in enumerate(raw)]
+
+
 @dataclass(frozen=True)
 class GalaxyServer:
     """A Galaxy-compatible server (Galaxy NG, Automation Hub, Pulp) that ansible-galaxy
@@ -141,18 +156,8 @@ GALAXY_NAME_RE = re.compile(r"[A-Za-z0-9_]{1,63}")
 def galaxy_servers(where: str, raw) -> tuple[GalaxyServer, ...]:
     """``[[galaxy_servers]]`` tables, checked: known keys, a name and a URL each, unique
     names."""
-    if not isinstance(raw, list):
-        raise ConfigError(where, "galaxy_servers", "a list of tables ([[galaxy_servers]] with "
-                                                   "name, url and token_file)", raw)
     servers = []
-    for index, table in enumerate(raw):
-        at = f"{where}: galaxy_servers[{index}]"
-        if not isinstance(table, dict):
-            raise ConfigError(where, f"galaxy_servers[{index}]", "a table with name, url and "
-                                                                 "token_file", table)
-        for key in table:
-            if key not in GALAXY_KEYS:
-                raise ConfigError(at, key, "one of " + ", ".join(GALAXY_KEYS))
+    for at, table in _tables(where, "galaxy_servers", raw, GALAXY_KEYS):
         name, url, token_file = (table.get(key) for key in GALAXY_KEYS)
         if not isinstance(name, str) or not GALAXY_NAME_RE.fullmatch(name):
             raise ConfigError(at, "name", "1 to 63 characters of A-Z, a-z, 0-9 and '_'", name)
@@ -167,6 +172,76 @@ def galaxy_servers(where: str, raw) -> tuple[GalaxyServer, ...]:
             raise ConfigError(at, "token_file", "a file system path", token_file)
         servers.append(GalaxyServer(name, url, token_file, at))
     return tuple(servers)
+
+
+@dataclass(frozen=True)
+class ExecutionNode:
+    """A host that runs slices of a converge (``nodes.py``): reached over SSH at
+    ``destination`` ([user@]host), checked against ``known_hosts``; its ansible-runner at
+    ``runner`` works in ``workdir``; ``target_key`` is the private key its Ansible reaches
+    the targets with (lent to the job through ssh-agent, never left on the node);
+    ``groups`` are the inventory groups it converges (slicing = group)."""
+    name: str
+    destination: str
+    port: int = 22
+    ssh_key: str | None = None
+    known_hosts: str | None = None
+    runner: str = "ansible-runner"
+    workdir: str = "/tmp"
+    target_key: str | None = None
+    groups: tuple[str, ...] = ()
+    where: str = field(default="settings", compare=False)
+
+
+# The name becomes part of a directory on the controller and on the node.
+NODE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+NODE_KEYS = {
+    "name": ("str", "1 to 63 characters of A-Z, a-z, 0-9, '_', '.' and '-', starting with a "
+                    "letter or a digit"),
+    "destination": ("str", "[user@]host of the node's sshd, without spaces or options"),
+    "port": ("int", "a TCP port from 1 to 65535"),
+    "ssh_key": ("path", "the private key file that reaches the node"),
+    "known_hosts": ("path", "a known_hosts file holding the node's host key"),
+    "runner": ("path", "the node's ansible-runner: an absolute path or a command on its PATH"),
+    "workdir": ("path", "an absolute directory on the node for the jobs' private data"),
+    "target_key": ("path", "the private key file the node's Ansible reaches the targets with"),
+    "groups": ("list", "a list of inventory group names"),
+}
+_DESTINATION_RE = re.compile(r"([A-Za-z0-9_][A-Za-z0-9_.-]*@)?[A-Za-z0-9][A-Za-z0-9_.:-]*")
+_REMOTE_PATH_RE = re.compile(r"[A-Za-z0-9_./+-]+")
+
+
+def execution_nodes(where: str, raw) -> tuple[ExecutionNode, ...]:
+    """``[[execution_nodes]]`` tables, checked: known keys, a name and a destination each,
+    unique names; every value that reaches an ssh command line or a path on the node is
+    one plain word."""
+    found = []
+    for at, table in _tables(where, "execution_nodes", raw, tuple(NODE_KEYS)):
+        values = {key: _node_value(at, key, value) for key, value in table.items()}
+        for key in ("name", "destination"):
+            if key not in values:
+                raise ConfigError(at, key, NODE_KEYS[key][1])
+        if values["name"] in (n.name for n in found):
+            raise ConfigError(at, "name", "a name no other execution_nodes entry has",
+                              values["name"])
+        found.append(ExecutionNode(**values, where=at))
+    return tuple(found)
+
+
+def _node_value(at: str, key: str, value):
+    kind, expected = NODE_KEYS[key]
+    good = {"name": lambda v: isinstance(v, str) and NODE_NAME_RE.fullmatch(v),
+            "destination": lambda v: isinstance(v, str) and _DESTINATION_RE.fullmatch(v),
+            "port": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536,
+            "runner": lambda v: isinstance(v, str) and _REMOTE_PATH_RE.fullmatch(v),
+            "workdir": lambda v: isinstance(v, str) and v.startswith("/")
+            and _REMOTE_PATH_RE.fullmatch(v) and ".." not in v.split("/"),
+            "groups": lambda v: isinstance(v, list) and v and all(
+                isinstance(g, str) and re.fullmatch(r"[A-Za-z0-9_]+", g) for g in v)}
+    check = good.get(key, lambda v: isinstance(v, str) and v and not _CONTROL.search(v))
+    if not check(value):
+        raise ConfigError(at, key, expected, value)
+    return tuple(value) if kind == "list" else value
 
 
 @dataclass(frozen=True)
@@ -232,12 +307,17 @@ class Settings:
                                            "upstream")
     keep_runs: int = setting("int", 20, "artifact directories kept per environment")
     keep_checkouts: int = setting("int", 3, "checkouts kept per environment (besides the last good one)")
+    slicing: str = setting("choice", "count", "with execution_nodes: split the SSH targets evenly over "
+                                              "the nodes (count), or by each node's groups (group)",
+                           ("count", "group"))
     json: bool = setting("bool", False, "structured JSON lines on stdout instead of progress for a person")
     sources: dict = field(default_factory=dict, compare=False, repr=False)
     # GITOPS_ANSIBLE_GIT_TOKEN of the environment the settings were loaded from.
     git_token_env: str | None = field(default=None, compare=False, repr=False)
     # [[galaxy_servers]] of the config file (a list of tables: no flag, no variable).
     galaxy_servers: tuple[GalaxyServer, ...] = ()
+    # [[execution_nodes]] of the config file: where slices of the run go (nodes.py).
+    execution_nodes: tuple[ExecutionNode, ...] = ()
 
     @property
     def state_path(self) -> Path:
@@ -271,8 +351,8 @@ SCHEMA = {f.name: Option(f.name, f.metadata["kind"], f.default, f.metadata["help
           for f in fields(Settings) if "kind" in f.metadata}
 
 
-def _settings(values: dict, sources: dict, environ, servers=()) -> Settings:
-    return Settings(**values, sources=sources, galaxy_servers=servers,
+def _settings(values: dict, sources: dict, environ, servers=(), nodes=()) -> Settings:
+    return Settings(**values, sources=sources, galaxy_servers=servers, execution_nodes=nodes,
                     git_token_env=environ.get("GITOPS_ANSIBLE_GIT_TOKEN") or None)
 
 
@@ -300,10 +380,14 @@ def read_toml(path) -> dict:
         raise ConfigError(str(path), "-", "valid TOML", str(exc)) from None
 
 
+# The config file's lists of tables (no flag, no variable).
+LISTS = ("galaxy_servers", "execution_nodes")
+
+
 def read_file(path: Path) -> dict:
     data = read_toml(path)
     for key, value in data.items():
-        if isinstance(value, dict) and key != "galaxy_servers":  # that one: galaxy_servers()
+        if isinstance(value, dict) and key not in LISTS:  # those: their own parsers
             raise ConfigError(str(path), key, "a plain value (tables are not settings)")
     return data
 
@@ -335,16 +419,17 @@ def load(flags: dict | None = None, config_path: str | None = None, environ=None
     path = config_path or environ.get("GITOPS_ANSIBLE_CONFIG")
     if not path and system and DEFAULT_CONFIG.is_file():
         path = DEFAULT_CONFIG
-    servers = ()
+    servers = nodes = ()
     if path:
         data = read_file(Path(path))
         servers = galaxy_servers(str(path), data.pop("galaxy_servers", []))
+        nodes = execution_nodes(str(path), data.pop("execution_nodes", []))
         _apply(values, sources, data, str(path))
     for key, raw in from_environ(environ).items():
         _apply(values, sources, {key: raw}, f"environment variable {ENV_PREFIX}{key.upper()}")
     for key, raw in (flags or {}).items():
         _apply(values, sources, {key: raw}, f"flag --{key.replace('_', '-')}")
-    return _settings(values, sources, environ, servers)
+    return _settings(values, sources, environ, servers, nodes)
 
 
 # -- the agent's file: shared settings, [agent], [[sources]], [[notify]] ----------------
@@ -438,7 +523,7 @@ def _check_source(settings: Settings) -> None:
 
 
 def _source(path: str, index: int, table: dict, shared: dict, environ,
-            servers: tuple[GalaxyServer, ...]) -> Source:
+            servers: tuple[GalaxyServer, ...], nodes: tuple[ExecutionNode, ...]) -> Source:
     from .schedule import ScheduleError, parse_window
 
     where = f"{path}: sources[{index}]"
@@ -449,6 +534,8 @@ def _source(path: str, index: int, table: dict, shared: dict, environ,
     status_raw = table.pop("commit_status", None)
     if "galaxy_servers" in table:  # a source's own list replaces the file's
         servers = galaxy_servers(where, table.pop("galaxy_servers"))
+    if "execution_nodes" in table:  # so does a source's own list of nodes
+        nodes = execution_nodes(where, table.pop("execution_nodes"))
     own = {k: table.pop(k) for k in list(table) if k in SOURCE_SCHEMA}
     options = _table(own, SOURCE_SCHEMA, where)
     values = {name: option.default for name, option in SCHEMA.items()}
@@ -460,12 +547,12 @@ def _source(path: str, index: int, table: dict, shared: dict, environ,
         if key not in SCHEMA:
             raise ConfigError(where, key, "a known key (" + ", ".join(
                 sorted(set(SCHEMA) | set(SOURCE_SCHEMA) | {"windows", "commit_status",
-                                                           "galaxy_servers"})) + ")")
+                                                           *LISTS})) + ")")
     if "state_dir" in table:
         raise ConfigError(where, "state_dir", "no value here: the agent keeps one store; set "
                                               "state_dir at the top of the file")
     _apply(values, sources, table, where)
-    settings = _settings(values, sources, environ, servers)
+    settings = _settings(values, sources, environ, servers, nodes)
     for key in ("env", "repo"):
         if not values.get(key):
             raise ConfigError(where, key, "a value (every source needs repo and env)")
@@ -536,15 +623,16 @@ def load_agent(path: str, flags: dict | None = None, environ=None) -> AgentConfi
     raw_sources = data.pop("sources", [])
     raw_notify = data.pop("notify", [])
     servers = galaxy_servers(str(path), data.pop("galaxy_servers", []))
+    nodes = execution_nodes(str(path), data.pop("execution_nodes", []))
     shared = dict(data)
     shared.update({k: v for k, v in (flags or {}).items() if k in SCHEMA})
     for key, value in shared.items():
         if isinstance(value, (dict, list)):
-            raise ConfigError(str(path), key, "a setting, [agent], [[sources]], [[notify]] or "
-                                              "[[galaxy_servers]]")
+            raise ConfigError(str(path), key, "a setting, [agent], [[sources]], [[notify]], "
+                                              "[[galaxy_servers]] or [[execution_nodes]]")
     if not isinstance(raw_sources, list) or not raw_sources:
         raise ConfigError(str(path), "sources", "at least one [[sources]] table with repo and env")
-    sources = [_source(str(path), i, table, shared, environ, servers)
+    sources = [_source(str(path), i, table, shared, environ, servers, nodes)
                for i, table in enumerate(raw_sources)]
     seen: dict[str, str] = {}
     for index, src in enumerate(sources):

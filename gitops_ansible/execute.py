@@ -40,6 +40,15 @@ RESULT_EVENTS = {"runner_on_ok": "ok", "runner_on_failed": "failed",
 
 
 @dataclass
+class Ending:
+    """How one part of the run ended."""
+    status: str  # successful | failed | timeout | cancelled | error
+    rc: int
+    message: str | None = None
+    artifacts: bool = False  # it left artifacts (a part cut short by a full disk: none)
+
+
+@dataclass
 class Outcome:
     status: str  # successful | failed | timeout | cancelled | error
     rc: int
@@ -64,6 +73,10 @@ class Execution:
         self.cancel = cancel or threading.Event()
         self.last_event = time.monotonic()
         self.why_stopped: str | None = None  # the run was ended here: idle, journal
+        # A run in slices (nodes.py) gets events from several threads, and one stats event
+        # per slice: their sum is journaled once, when every slice has ended.
+        self.sliced = bool(plan.slices)
+        self._lock = threading.Lock()
 
     def stopping(self) -> bool:
         """ansible-runner's cancel callback (polled while Ansible runs): a cancel asked
@@ -80,6 +93,10 @@ class Execution:
         return self.why_stopped is not None
 
     def handle(self, event: dict) -> bool:
+        with self._lock:
+            return self._handle(event)
+
+    def _handle(self, event: dict) -> bool:
         self.last_event = time.monotonic()
         self.redactor.scrub_event(event)
         name, data = event.get("event"), event.get("event_data") or {}
@@ -93,10 +110,35 @@ class Execution:
         elif name in RESULT_EVENTS:
             self._result(RESULT_EVENTS[name], data)
         elif name == "playbook_on_stats":
-            self.stats = data
-            if self.journal:
+            self._add_stats(data)
+            if self.journal and not self.sliced:
                 self.journal.stats(data)
         return True  # keep the (scrubbed) event in the artifacts
+
+    def _add_stats(self, data: dict) -> None:
+        self.stats = {} if self.stats is None else self.stats
+        for key, counts in data.items():
+            if isinstance(counts, dict):
+                self.stats.setdefault(key, {}).update(counts)
+
+    def node_failed(self, node: str, hosts: list[str], why: str) -> None:
+        """The hosts of a slice whose execution node failed: unreachable, naming it."""
+        with self._lock:
+            for host in hosts:
+                result = TaskResult(host=host, task=f"execution node {node}", role=None,
+                                    status="unreachable", duration=None, message=why[:1000])
+                self.tasks.append(result)
+                if self.journal:
+                    self.journal.task(result)
+                if self.listener:
+                    self.listener.task_result(result, None)
+            if self.stats is not None or self.sliced:
+                self._add_stats({"dark": {host: 1 for host in hosts}})
+
+    def slices_ended(self) -> None:
+        """Every slice has ended: their stats, summed, are the run's (journaled now)."""
+        if self.journal and self.stats is not None:
+            self.journal.stats(self.stats)
 
     def _result(self, status: str, data: dict) -> None:
         res = data.get("res") if isinstance(data.get("res"), dict) else {}
@@ -342,15 +384,52 @@ REDACTED = ".redacted"  # in an artifact directory: its files were scrubbed of s
 
 def execute(plan, run_id: str, private_dir: Path, redactor: Redactor, listener=None,
             cancel: threading.Event | None = None, journal=None) -> Outcome:
-    import ansible_runner  # imported only when there is a playbook to run
-
+    """Run the plan: here, or in slices on execution nodes (``plan.slices``, nodes.py)
+    with the controller's part here."""
     execution = Execution(plan, redactor, listener, journal, cancel)
     private_dir.mkdir(parents=True, exist_ok=True)
+    artifacts = private_dir / "artifacts" / run_id
+    if not plan.slices:
+        ending = _here(plan, run_id, private_dir, execution, plan.effective_limit())
+    else:
+        from . import nodes
+
+        endings = nodes.run(plan, run_id, private_dir, execution,
+                            lambda limit: _here(plan, run_id, private_dir, execution, limit))
+        execution.slices_ended()
+        ending = _worst(endings)
+        stop_leftovers(run_id, grace=5.0)
+        _redact(redactor, private_dir, artifacts)
+    return execution.outcome(ending.status, ending.rc, message=ending.message,
+                             artifacts=artifacts if ending.artifacts or plan.slices else None)
+
+
+def _worst(endings: list[Ending]) -> Ending:
+    """The run's ending from its parts': an error, else a cancel or timeout, else the
+    highest rc (a failed part makes the run failed)."""
+    for status in ("error", "cancelled", "timeout"):
+        found = [e for e in endings if e.status == status]
+        if found:
+            return found[0]
+    rc = max((e.rc for e in endings), default=0)
+    return Ending("failed" if rc else "successful", rc, artifacts=True)
+
+
+def _here(plan, run_id: str, private_dir: Path, execution: Execution, limit: str | None):
+    """The part of the run this controller converges (LIMIT), through ansible-runner."""
+    import ansible_runner  # imported only when there is a playbook to run
+
+    redactor, stats = execution.redactor, []
+
+    def handle(event: dict) -> bool:  # this part's events (the nodes' come in beside them)
+        if event.get("event") == "playbook_on_stats":
+            stats.append(True)
+        return execution.handle(event)
     kwargs = dict(private_data_dir=str(private_dir), project_dir=str(plan.checkout),
                   playbook=plan.playbook, inventory=str(plan.inventory), ident=run_id,
                   envvars=runner_env(plan, run_id), cmdline=cmdline(plan) or None, quiet=True,
-                  event_handler=execution.handle, cancel_callback=execution.stopping,
-                  limit=plan.effective_limit(), tags=plan.tags, skip_tags=plan.skip_tags,
+                  event_handler=handle, cancel_callback=execution.stopping,
+                  limit=limit, tags=plan.tags, skip_tags=plan.skip_tags,
                   extravars={REVISION_VAR: plan.revision} if plan.revision else None)
     if plan.timeout:
         kwargs["timeout"] = plan.timeout
@@ -362,24 +441,26 @@ def execute(plan, run_id: str, private_dir: Path, redactor: Redactor, listener=N
         _redact(redactor, private_dir, private_dir / "artifacts" / run_id)
         where = exc.filename or private_dir
         cancelled = execution.cancel.is_set()
-        execution.stats = None  # the run was cut short: its totals are its task results'
+        if not execution.sliced:
+            execution.stats = None  # the run was cut short: its totals are its task results'
         why = f"cannot write {where}: {exc.strerror or exc}{free_space(Path(where))}"
-        return execution.outcome("cancelled" if cancelled else "error", -1,
-                                 message=f"cancelled; then {why}" if cancelled else why)
-    stop_leftovers(run_id, grace=5.0)  # a cancelled run can leave module processes behind
+        return Ending("cancelled" if cancelled else "error", -1,
+                      f"cancelled; then {why}" if cancelled else why)
+    if not execution.sliced:
+        stop_leftovers(run_id, grace=5.0)  # a cancelled run can leave module processes
     artifacts = Path(runner.config.artifact_dir)
-    _redact(redactor, private_dir, artifacts)
+    if not execution.sliced:
+        _redact(redactor, private_dir, artifacts)
     status = "cancelled" if runner.status == "canceled" else runner.status
-    outcome = execution.outcome(status, runner.rc if runner.rc is not None else -1,
-                                artifacts=artifacts)
+    ending = Ending(status, runner.rc if runner.rc is not None else -1, artifacts=True)
     if status in ("timeout", "cancelled"):
-        outcome.message = (f"cancelled after the {plan.timeout}s timeout" if status ==
-                           "timeout" else execution.why_stopped or "cancelled")
-    elif execution.stats is None:
-        outcome.status = "error"
-        outcome.message = redactor.scrub(_ansible_error(artifacts / "stdout", plan.checkout)) \
+        ending.message = (f"cancelled after the {plan.timeout}s timeout" if status ==
+                          "timeout" else execution.why_stopped or "cancelled")
+    elif not stats:
+        ending.status = "error"
+        ending.message = redactor.scrub(_ansible_error(artifacts / "stdout", plan.checkout)) \
             or f"ansible-playbook ended with rc {runner.rc} and no results"
-    return outcome
+    return ending
 
 
 def _let_go(exc: OSError) -> None:
@@ -442,9 +523,11 @@ def _ansible_error(path: Path, checkout: Path) -> str:
 
 
 def orphans(run_id: str) -> list[int]:
-    """Processes still running for ``run_id`` (found by their environment, Linux /proc)."""
+    """Processes still running for ``run_id`` (found by their environment, Linux /proc),
+    in this controller's PID namespace: an execution node that shares its kernel (a
+    container) stops its own (nodes.py)."""
     marker = f"{RUN_ID_VAR}={run_id}".encode()
-    found = []
+    found, own = [], _pid_namespace("self")
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
@@ -452,9 +535,16 @@ def orphans(run_id: str) -> list[int]:
             environ = (entry / "environ").read_bytes()
         except OSError:
             continue
-        if marker in environ.split(b"\0"):
+        if marker in environ.split(b"\0") and _pid_namespace(entry.name) == own:
             found.append(int(entry.name))
     return found
+
+
+def _pid_namespace(pid: str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
 
 
 def stop_leftovers(run_id: str, grace: float = 10.0) -> list[int]:

@@ -93,6 +93,7 @@ class Play:
     roles: tuple[str, ...]
     templated_role: bool = False
     reads_others: str | None = None  # the file that reads hostvars, groups, ...
+    together: str | None = None  # file:line of a run_once, serial or delegate_to
 
 
 @dataclass
@@ -684,8 +685,8 @@ def load(checkout: Path, settings, paths: SearchPaths | None = None) -> Inventor
     problems += _type_problems(scan, hosts, _CONNECTION_OPTIONS, "a connection variable", inv_rel)
     refuse(problems + _check_roles(scan, platforms, hosts, targets, inv_rel) + scan.problems)
     inventory = Inventory(settings.env, inv_path, targets, scan.secrets, limited=limited)
-    if settings.scope == "auto":  # what a change-scoped run reads (scope.py)
-        inventory.views = {h.name: _view(h, magic) for h in hosts}
+    if settings.scope == "auto" or settings.execution_nodes:  # scope.py and nodes.py read
+        inventory.views = {h.name: _view(h, magic) for h in hosts}  # groups and plays
         inventory.plays = _scoped_plays(scan, settings, walk, platforms, hosts, targets)
         inventory.file_dirs, inventory.file_roots = _file_dirs(scan, platforms, hosts, targets)
         inventory.playbooks = walk.imports
@@ -720,25 +721,40 @@ _READS_OTHERS = re.compile(r"(?<![.\w])(hostvars|groups\s*[\[.|)]|ansible_play_h
 _TEXT_MAX = 1 << 20
 
 
-def _reads_others(scan: Scan, paths: list[Path], seen: dict[Path, bool]) -> str | None:
+def _first_match(scan: Scan, paths: list[Path], pattern: re.Pattern,
+                 seen: dict[Path, int | None]) -> str | None:
+    """``file:line`` (relative to the checkout) of the first text that ``pattern`` finds
+    in the files under ``paths``; ``seen`` keeps each file's answer (its line, or None)."""
     for path in paths:
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for file in files:
             if file not in seen:
                 try:  # a large file is data (an archive, an image), not what a play reads
-                    seen[file] = file.stat().st_size <= _TEXT_MAX and bool(
-                        _READS_OTHERS.search(file.read_text(errors="replace")))
+                    text = file.read_text(errors="replace") \
+                        if file.stat().st_size <= _TEXT_MAX else ""
+                    found = pattern.search(text)
+                    seen[file] = text.count("\n", 0, found.start()) + 1 if found else None
                 except OSError:
-                    seen[file] = True
-            if seen[file]:
-                return relative(file, scan.checkout)
+                    seen[file] = 1
+            if seen[file] is not None:
+                return f"{relative(file, scan.checkout)}:{seen[file]}"
     return None
+
+
+def _reads_others(scan: Scan, paths: list[Path], seen: dict[Path, int | None]) -> str | None:
+    found = _first_match(scan, paths, _READS_OTHERS, seen)
+    return found.rsplit(":", 1)[0] if found else None
+
+
+# What makes a play need all its hosts in one ansible-playbook (nodes.py keeps its targets
+# on the controller): run_once, serial batches, a task delegated to another host.
+_TOGETHER = re.compile(r"^[ \t]*(?:-[ \t]+)?(run_once|serial|delegate_to)[ \t]*:", re.M)
 
 
 def _scoped_plays(scan: Scan, settings, walk: Walk, platforms, hosts: list[_Host],
                   targets) -> list[Play]:
     """Every play of the platforms, with the targets it selects (a change-scoped run)."""
-    plays, seen = [], {}
+    plays, seen, together = [], {}, {}
     known = {"all", *(f"platform_{p}" for p in platforms), *(h.name for h in hosts),
              *(g for h in hosts for g in h.groups)}
     for platform in platforms.values():
@@ -759,14 +775,17 @@ def _scoped_plays(scan: Scan, settings, walk: Walk, platforms, hosts: list[_Host
             plays.append(Play(rel, label, frozenset(h.name for h in chosen),
                               roles, any(f == rel or any(f.startswith(r + "/") for r in roles)
                                          for f in walk.templated),
-                              _reads_others(scan, dirs, seen)))
+                              _reads_others(scan, dirs, seen),
+                              _first_match(scan, dirs, _TOGETHER, together)))
     site = scan.checkout / settings.playbook
     covered = {role for play in plays for role in play.roles}
     own = tuple(dict.fromkeys(r for r in (relative(ref.path, scan.checkout)
                                           for ref in _found(walk.applied(site))) if r not in covered))
     if own:  # roles the entry playbook's own plays apply: every target, to be safe
+        dirs = [scan.checkout / r for r in own]
         plays.append(Play(settings.playbook, settings.playbook, frozenset(targets), own,
-                          reads_others=_reads_others(scan, [scan.checkout / r for r in own], seen)))
+                          reads_others=_reads_others(scan, dirs, seen),
+                          together=_first_match(scan, dirs, _TOGETHER, together)))
     return plays
 
 

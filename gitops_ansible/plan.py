@@ -69,8 +69,13 @@ class Plan:
     # A change-scoped run: the hosts it converges (None: every host --limit selects);
     # plays on the controller (``hosts: localhost``: the VM orphan scan) run too.
     scope: list[str] | None = None
-    # Where Ansible finds collections and roles (requirements.SearchPaths.env()).
+    # Where Ansible finds collections and roles (requirements.SearchPaths.env()), and the
+    # directories of them this run installed (sent with a job to an execution node).
     ansible_env: dict[str, str] = field(default_factory=dict)
+    shipped: tuple[Path, ...] = ()
+    # Execution nodes (nodes.py): the slices, and the targets the controller converges.
+    slices: list = field(default_factory=list)
+    here: list[str] = field(default_factory=list)
 
     @property
     def hosts(self) -> list[str]:

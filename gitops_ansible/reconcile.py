@@ -233,6 +233,9 @@ def _finish_off(settings, store: Store, row: dict, reporter: Reporter) -> None:
     from .execute import REDACTED, stop_leftovers
 
     stopped = stop_leftovers(row["id"])
+    if settings.execution_nodes:
+        from .nodes import stop_everywhere
+        stop_everywhere(settings, row["id"], reporter.log)
     path = journal.path_for(settings.state_path, row["id"])
     found = journal.replay(path) or journal.Replayed()
     hosts = _replayed_hosts(found)
@@ -594,12 +597,14 @@ class Cycle:
         galaxy = {server.token() for server in self.settings.galaxy_servers}
         self.redactor = Redactor(inventory.secrets | ({token} | galaxy) - {None})
         the_plan = plan_mod.build(self.settings, inventory, checkout, revision, self.check)
-        the_plan.ansible_env = paths.env()
+        the_plan.ansible_env, the_plan.shipped = paths.env(), paths.installed
         self.scope = self._scope(inventory, checkout, revision)
         if not self.scope.full:
             the_plan.scope = sorted(self.scope.hosts)
             inventory = dataclasses.replace(inventory, targets={
                 h: t for h, t in inventory.targets.items() if h in self.scope.hosts})
+        if self.settings.execution_nodes:
+            inventory = self._place(inventory, the_plan)
         self._preflight(inventory, the_plan)
         outcome = None
         running = set(the_plan.hosts if the_plan.scope is None else the_plan.scope)
@@ -676,6 +681,24 @@ class Cycle:
         for line in self.reporter.lines:
             self.journal.line(*line)
         self.reporter.sink = self.journal.line
+
+    def _place(self, inventory, the_plan):
+        """Which targets go to which execution node (nodes.py), before anything is
+        touched; the inventory left to the controller (and its pre-flight): the nodes
+        reach their targets, the controller may not."""
+        from . import nodes
+
+        try:
+            the_plan.slices, the_plan.here = nodes.assign(self.settings, inventory,
+                                                          self.reporter.log)
+        except nodes.NodeRefused as exc:
+            raise Stop(Verdict(RunStatus.ERROR, str(exc))) from None
+        for piece in the_plan.slices:
+            self.reporter.log(f"execution node {piece.node.name}: "
+                              f"{plural(len(piece.hosts), 'target')} ({_few(piece.hosts)})")
+        away = {h for piece in the_plan.slices for h in piece.hosts}
+        return dataclasses.replace(inventory, targets={
+            h: t for h, t in inventory.targets.items() if h not in away})
 
     def _preflight(self, inventory, the_plan) -> None:
         if self.settings.preflight == "off":
@@ -869,6 +892,11 @@ def refused_by(refused: dict[str, str]) -> str:
     rest = sorted(refused)[REFUSALS_SHOWN:]
     more = f"; and {', '.join(rest)}" if rest else ""
     return f"refused by {plural(len(refused), 'target')}: {'; '.join(shown)}{more}"
+
+
+def _few(hosts: list[str], shown: int = 3) -> str:
+    more = f", ... {len(hosts) - shown} more" if len(hosts) > shown else ""
+    return ", ".join(hosts[:shown]) + more
 
 
 def judge(outcome, hosts, mode: Mode, check: bool) -> tuple[RunStatus, str]:

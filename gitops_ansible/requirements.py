@@ -61,6 +61,7 @@ class SearchPaths:
     roles (its roles_path), the checkout's ``roles/`` first."""
     collections: tuple[Path, ...] = ()
     roles: tuple[Path, ...] = ()
+    installed: tuple[Path, ...] = ()  # those of them that hold what the revision installed
 
     def env(self) -> dict[str, str]:
         env = {}
@@ -351,7 +352,8 @@ def search_paths(checkout: Path, cache: Path | None) -> SearchPaths:
     return SearchPaths(
         collections=tuple(dict.fromkeys((*(c / "collections" for c in installed), *collections))),
         roles=tuple(dict.fromkeys((checkout / "roles", *(c / "roles" for c in installed),
-                                   *roles))))
+                                   *roles))),
+        installed=tuple(c / kind for c in installed for kind in ("collections", "roles")))
 
 
 # -- installing -----------------------------------------------------------------------------

@@ -49,12 +49,20 @@ def connects(address: str, port: int, timeout: float = 1) -> bool:
         return False
 
 
-def wait_port(port: int, timeout: float = 10.0, address: str = "127.0.0.1") -> None:
+def wait_until(ready, timeout: float, what: str, interval: float = 0.1):
+    """The first true value of ``ready()``, asked every INTERVAL seconds; a TimeoutError
+    that says WHAT was awaited after TIMEOUT seconds."""
     deadline = time.monotonic() + timeout
-    while not connects(address, port):
+    while not (found := ready()):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"nothing listens on {address}:{port}")
-        time.sleep(0.05)
+            raise TimeoutError(f"not within {timeout:g}s: {what}")
+        time.sleep(interval)
+    return found
+
+
+def wait_port(port: int, timeout: float = 10.0, address: str = "127.0.0.1") -> None:
+    wait_until(lambda: connects(address, port), timeout, f"a listener on {address}:{port}",
+               interval=0.05)
 
 
 def ssh_banner(address: str, port: int, timeout: float = 1) -> bool:

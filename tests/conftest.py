@@ -12,7 +12,7 @@ import pytest
 
 from gitops_ansible import config
 from lab.fixtures import (helm, host_lab, kube_assets, kube_cluster, lab_rootfs,  # noqa: F401
-                          require, vm_lab)  # (the lab's pytest fixtures, for every test)
+                          node_lab, require, vm_lab)  # (the lab's fixtures, for every test)
 from lab.gitserver import GitServers, WorkTree
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,7 +19,6 @@ import ansible_runner
 import pytest
 import yaml
 
-from lab.fixtures import node_lab  # noqa: F401  (the fixture, for this module)
 from lab.nodes import NODE_PREFIX, controller_versions
 
 pytestmark = pytest.mark.baremetal

@@ -38,7 +38,8 @@ def test_a_task_report_of_many_objects_is_kept_whole_then_counted():
 
     from gitops_ansible.execute import REPORT_MAX, REPORT_VAR, Execution
 
-    execution = Execution(SimpleNamespace(platforms={"kubernetes": ["big"]}), Redactor())
+    execution = Execution(SimpleNamespace(platforms={"kubernetes": ["big"]}, slices=[]),
+                          Redactor())
     items = [f"ConfigMap ns/cm-{n:04d}: created" for n in range(1000)]
     execution.handle({"event": "runner_on_ok", "event_data": {
         "host": "big", "task": "Report", "res": {"changed": True, REPORT_VAR: items}}})
