@@ -19,8 +19,8 @@ count), then --repeat no-op converges, all with
 Measured for every run: wall; CPU (user+sys) of the controller's whole process tree as
 wait4() reports it (the CLI, its ansible-playbook and forks, its ssh clients; not what runs
 on the nodes, which sshd started there); and the controller's peak memory, the largest sum
-of RSS over the processes of its session, sampled every 0.2 s (ru_maxrss would give the
-largest single process). The machine has 2 cores, shared by the controller, the nodes and
+of RSS over its process tree, sampled every 0.2 s (ru_maxrss would give the largest
+single process). The machine has 2 cores, shared by the controller, the nodes and
 the targets: the wall time of N nodes here says what the controller spends, not what N
 machines would do. Written to bench/results/central_nodes.json.
 """
@@ -119,36 +119,42 @@ def config(path: Path, lab: NodeLab, count: int) -> Path:
 
 
 class PeakMemory(threading.Thread):
-    """The largest sum of RSS (MiB) over the processes of session SID, sampled."""
+    """The largest sum of RSS (MiB) over a process and its descendants, sampled (ansible-
+    runner starts ansible-playbook in a session of its own: the tree, not the session)."""
 
     def __init__(self):
         super().__init__(daemon=True)
-        self.sid, self.peak, self.done = None, 0.0, threading.Event()
+        self.root, self.peak, self.done = None, 0.0, threading.Event()
 
-    def follow(self, sid: int) -> None:
-        self.sid = sid
+    def follow(self, pid: int) -> None:
+        self.root = pid
 
     def run(self) -> None:
         page = os.sysconf("SC_PAGE_SIZE")
         while not self.done.wait(0.2):
-            if self.sid is None:
+            if self.root is None:
                 continue
-            total = 0
+            parent, rss = {}, {}
             for entry in os.listdir("/proc"):
                 if not entry.isdigit():
                     continue
                 try:
                     stat = Path(f"/proc/{entry}/stat").read_text()
-                    fields = stat[stat.rindex(")") + 2:].split()
-                    if int(fields[3]) == self.sid:  # field 6: session
-                        total += int(Path(f"/proc/{entry}/statm").read_text().split()[1]) * page
+                    parent[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
+                    rss[int(entry)] = int(Path(f"/proc/{entry}/statm").read_text().split()[1])
                 except (OSError, ValueError, IndexError):
                     continue
+            tree, grew = {self.root}, True
+            while grew:
+                more = {pid for pid, ppid in parent.items() if ppid in tree} - tree
+                tree |= more
+                grew = bool(more)
+            total = sum(rss.get(pid, 0) for pid in tree) * page
             self.peak = max(self.peak, total / 2**20)
 
 
 def push(checkout: Path, conf: Path, state: Path, env: dict, expected: set[int]) -> dict:
-    """One push, measured, its session's peak memory sampled."""
+    """One push, measured, its process tree's peak memory sampled."""
     watcher = PeakMemory()
     watcher.start()
     try:

@@ -204,7 +204,9 @@ def test_a_node_killed_mid_run_fails_its_slice_and_the_other_finishes(node_lab, 
     assert hosts["target-2"]["message"].startswith("execution node node-2: failed mid-run: ")
 
 
-def test_a_cancelled_run_leaves_nothing_on_the_nodes(node_lab, estate, cli, tmp_path):
+def slow_push(node_lab, estate, cli, tmp_path):
+    """(the push process, its config) of a push whose slices run five-minute tasks on both
+    nodes, once both tasks have started."""
     for target in NODE_LAB_TARGETS:
         estate.write(f"inventories/dev/host_vars/{target}.yml", "---\nmotd_sleep: 300\n")
     estate.commit("every target takes five minutes")
@@ -214,6 +216,16 @@ def test_a_cancelled_run_leaves_nothing_on_the_nodes(node_lab, estate, cli, tmp_
     try:
         wait_until(lambda: all((node_lab.hosts[t].root / "root/started").exists()
                                for t in NODE_LAB_TARGETS), 120, "both long tasks")
+    except BaseException:
+        proc.kill()
+        proc.communicate(timeout=60)
+        raise
+    return proc, conf
+
+
+def test_a_cancelled_run_leaves_nothing_on_the_nodes(node_lab, estate, cli, tmp_path):
+    proc, _ = slow_push(node_lab, estate, cli, tmp_path)
+    try:
         assert left_on(node_lab, "node-1") and left_on(node_lab, "node-2")
         os.kill(proc.pid, signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
@@ -223,3 +235,21 @@ def test_a_cancelled_run_leaves_nothing_on_the_nodes(node_lab, estate, cli, tmp_
     assert proc.returncode == 1, out + err
     assert last_run(cli)["status"] == "cancelled"
     assert left_on(node_lab, "node-1") == [] and left_on(node_lab, "node-2") == []
+
+
+def test_the_next_cycle_cleans_the_nodes_after_a_killed_controller(node_lab, estate, cli,
+                                                                    tmp_path):
+    proc, conf = slow_push(node_lab, estate, cli, tmp_path)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert left_on(node_lab, "node-1") and left_on(node_lab, "node-2")
+    for target in NODE_LAB_TARGETS:
+        estate.write(f"inventories/dev/host_vars/{target}.yml", "---\nmotd_sleep: 0\n")
+    estate.commit("quick again")
+    done = push(cli, estate, conf, code=0)  # the killed run had written the motd already
+    assert "was interrupted; recorded as such" in done.stderr
+    assert "2 hosts converged, nothing changed" in done.stdout
+    assert left_on(node_lab, "node-1") == [] and left_on(node_lab, "node-2") == []
+    statuses = [r["status"] for r in json.loads(cli("history", "--env", "dev", "--json",
+                                                    check_code=0).stdout)]
+    assert statuses[:2] == ["unchanged", "interrupted"]
