@@ -45,7 +45,7 @@ def host_lab_names() -> tuple[str, str]:
     """(prefix, subnet) of this session's host lab. 198.18.1-19 stay free for the labs that
     tests and benchmarks start with names of their own (test_lab's CLI lab 198.18.1,
     bench/push_overhead 198.18.7, bench/scoped_run 198.18.8, molecule 198.18.9 and
-    198.18.10, test_scope 198.18.12)."""
+    198.18.10, test_scope 198.18.12, test_lab's failing boot 198.18.14)."""
     n = worker()
     return ("gattest", "198.18.0") if n is None else (f"gattest{n}", f"198.18.{20 + n}")
 

@@ -21,7 +21,11 @@ server, so roles can start, enable, restart and reload services, sshd included. 
 is read-only except net.*: those sysctls are per network namespace; the rest would change
 this machine's kernel. Each host has its own machine ID and cgroup (gitops-lab-PREFIX-NAME
 in the cgroup hierarchies systemd uses). apt in the hosts uses the proxy (aptproxy.py) on
-SUBNET.1:3142. start() returns once every host answers SSH and has finished booting.
+SUBNET.1:3142. start() returns once every host answers SSH and has finished booting. A host
+booted from a pristine filesystem (start, reset_host) must come up "running": one that gives
+no SSH banner within BOOT_TIMEOUT, or has a failed unit, is booted once more with a
+RuntimeWarning carrying boot_report(NAME) (its systemd's state, jobs, failed units and
+warnings), and a second such boot raises with that report.
 
 WORKDIR keeps: id_ed25519 (client key, authorized for root everywhere), known_hosts,
 hosts/NAME/ssh_host_ed25519_key (kept across start/stop/reset), hosts/NAME/console.log
@@ -53,6 +57,7 @@ import sys
 import tempfile
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,7 +138,7 @@ class HostLab:
                 self._mount_fresh(name)
                 self._spawn(name)
             for name in self.names:
-                self._wait_booted(name)
+                self._wait_booted(name, pristine=True)
             self._write_state()
         except BaseException:
             self.stop()
@@ -204,9 +209,9 @@ class HostLab:
     def reset_host(self, name: str) -> None:
         """Pristine filesystem (empty upper layer), same host key."""
         self.stop_host(name)
-        _umount(str(self.hosts[name].root))
-        self._mount_fresh(name)
-        self.start_host(name)
+        self._remount_fresh(name)
+        self._spawn(name)
+        self._wait_booted(name, pristine=True)
 
     def rekey_host(self, name: str, update_known_hosts: bool = False) -> None:
         """New host key; known_hosts keeps the old one unless update_known_hosts."""
@@ -348,18 +353,65 @@ class HostLab:
                                                 stderr=subprocess.STDOUT, start_new_session=True,
                                                 env=dict(os.environ, **(env or {})))
 
-    def _wait_booted(self, name: str) -> None:
-        """Until the host answers SSH and its systemd has finished starting its units."""
-        host, proc, log = self.hosts[name], self._procs[name], self._dir(name) / "console.log"
+    def _remount_fresh(self, name: str) -> None:
+        _umount(str(self.hosts[name].root))
+        self._mount_fresh(name)
 
-        def ready() -> bool:
+    def _wait_booted(self, name: str, pristine: bool = False) -> None:
+        """Until the host answers SSH and its systemd has finished starting its units. A host
+        that does not get there, or that comes up from a PRISTINE filesystem with a unit
+        failed (the lab's fault: nothing of a test's is on it yet), is booted once more, with
+        a warning carrying its systemd's report; a second such boot raises with that report."""
+        for attempt in (1, 2):
+            problem = self._boot_problem(name, pristine)
+            if problem is None:
+                return
+            report = f"host {name} of lab {self.prefix}: {problem}\n{self.boot_report(name)}"
+            if attempt == 2:
+                raise RuntimeError(report)
+            warnings.warn(f"{report}\nbooting {name} once more", RuntimeWarning, stacklevel=3)
+            self.stop_host(name)
+            if pristine:
+                self._remount_fresh(name)
+            self._spawn(name)
+
+    def _boot_problem(self, name: str, pristine: bool) -> str | None:
+        """What kept host NAME from booting (None: it answers SSH, and its systemd says
+        "running", or "degraded" where the host is not PRISTINE)."""
+        host, proc = self.hosts[name], self._procs[name]
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        while not ssh_banner(host.address, host.port):
             if proc.poll() is not None:
-                raise RuntimeError(f"host {name} exited with {proc.returncode}:\n"
-                                   + log.read_text(errors="replace")[-2000:])
-            return ssh_banner(host.address, host.port)
-        _wait(ready, BOOT_TIMEOUT, f"sshd on {name}", log)
-        # "running", or "degraded" when a unit failed: either way the boot is over.
-        self.exec(name, ["systemctl", "is-system-running", "--wait"], timeout=60)
+                return f"systemd-nspawn exited with {proc.returncode}"
+            if time.monotonic() > deadline:
+                return f"no SSH banner within {BOOT_TIMEOUT} s"
+            time.sleep(0.05)
+        try:
+            state = self.exec(name, ["systemctl", "is-system-running", "--wait"],
+                              timeout=BOOT_TIMEOUT).stdout.strip()
+        except subprocess.TimeoutExpired:
+            return f"systemd still starting units after {BOOT_TIMEOUT} s"
+        if state == "running" or (state == "degraded" and not pristine):
+            return None
+        return f"systemd says {state!r} after booting"
+
+    def boot_report(self, name: str) -> str:
+        """What host NAME's systemd says about this boot: its state, pending jobs, failed
+        units and the journal's warnings; then the tail of its console log."""
+        parts = []
+        for argv in (["systemctl", "is-system-running"], ["systemctl", "list-jobs"],
+                     ["systemctl", "--failed"],
+                     ["journalctl", "-b", "-p", "warning", "-n", "60", "--no-pager"]):
+            try:
+                out = self.exec(name, argv, timeout=30)
+                text = (out.stdout + out.stderr).strip()
+            except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+                text = f"(not answered: {e})"
+            parts.append(f"$ {' '.join(argv)}\n{text}")
+        log = self._dir(name) / "console.log"
+        if log.exists():
+            parts.append("console.log:\n" + log.read_text(errors="replace")[-2000:])
+        return "\n".join(parts)
 
     def _pid1(self, name: str) -> int:
         """PID (seen from here) of the host's systemd: the child of its tagged systemd-nspawn
@@ -500,7 +552,7 @@ def _wait(ready, timeout: float, what: str, log: Path | None = None) -> None:
 
 def _mounts():
     """(mount point, file system type, source, super options) of every mount here."""
-    for line in open("/proc/self/mountinfo"):
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
         fields = line.split()
         fstype, source, options = fields[fields.index("-") + 1:][:3]
         yield fields[4], fstype, source, options.split(",")

@@ -54,9 +54,13 @@ def test_ssh_into_every_host(host_lab):
 
 
 def test_hosts_boot_systemd_with_sshd_and_journald(host_lab):
+    """Each host booted from a pristine filesystem: this module may run after others that
+    left the session's hosts with failed units of their own."""
     machine_ids = set()
     for name in host_lab.hosts:
-        assert ssh(host_lab, name, "systemctl is-system-running").stdout.strip() == "running"
+        host_lab.reset_host(name)
+        state = ssh(host_lab, name, "systemctl is-system-running").stdout.strip()
+        assert state == "running", host_lab.boot_report(name)
         assert ssh(host_lab, name, "systemctl --failed --no-legend --plain").stdout == ""
         assert ssh(host_lab, name, "cat /proc/1/comm").stdout.strip() == "systemd"
         active = ssh(host_lab, name, "systemctl is-active ssh systemd-journald dbus")
@@ -65,6 +69,29 @@ def test_hosts_boot_systemd_with_sshd_and_journald(host_lab):
         assert "Server listening on 0.0.0.0 port 22" in journal.stdout
         machine_ids.add(ssh(host_lab, name, "cat /etc/machine-id").stdout.strip())
     assert len(machine_ids) == len(host_lab.hosts)
+
+
+def test_a_host_that_boots_with_a_failed_unit_is_booted_again_then_refused_naming_it(
+        lab_rootfs, tmp_path):
+    """A unit that fails on a pristine host is the lab's fault: one more boot, with a warning
+    that carries the host's report; the second failure stops the lab with that report."""
+    layer = tmp_path / "layer/etc/systemd/system"
+    (layer / "multi-user.target.wants").mkdir(parents=True)
+    (layer / "gat-broken.service").write_text(
+        "[Unit]\nDescription=fails at every boot\n[Service]\nType=oneshot\n"
+        "ExecStart=/bin/false\n[Install]\nWantedBy=multi-user.target\n")
+    (layer / "multi-user.target.wants/gat-broken.service").symlink_to("../gat-broken.service")
+    lab = HostLab(tmp_path / "lab", ["web-1"], prefix="gatboot", subnet="198.18.14",
+                  rootfs=lab_rootfs, layers={"web-1": [tmp_path / "layer"]})
+    with pytest.warns(RuntimeWarning, match="booting web-1 once more") as warned:
+        with pytest.raises(RuntimeError) as refused:
+            lab.start()
+    boots = [str(w.message) for w in warned if w.category is RuntimeWarning]
+    assert len(boots) == 1
+    for report in (*boots, str(refused.value)):
+        assert "host web-1 of lab gatboot: systemd says 'degraded' after booting" in report
+        assert "gat-broken.service" in report.split("$ systemctl --failed", 1)[1]
+    assert leftovers("gatboot") == []
 
 
 def test_only_per_namespace_sysctls_are_writable_in_a_host(host_lab):
