@@ -19,8 +19,9 @@ upper/work in WORKDIR/hosts/NAME, mounted on the host side at WORKDIR/hosts/NAME
 network namespace over that root: journald, D-Bus, logind and ssh.service run as on a
 server, so roles can start, enable, restart and reload services, sshd included. Its /proc/sys
 is read-only except net.*: those sysctls are per network namespace; the rest would change
-this machine's kernel. Each host has its own machine ID and cgroup (gitops-lab-PREFIX-NAME
-in the cgroup hierarchies systemd uses). apt in the hosts uses the proxy (aptproxy.py) on
+this machine's kernel. start() raises this machine's fs.inotify.max_user_instances to
+INOTIFY_INSTANCES where it is lower: the hosts' systemds share root's. Each host has its own
+machine ID and cgroup (gitops-lab-PREFIX-NAME in the cgroup hierarchies systemd uses). apt in the hosts uses the proxy (aptproxy.py) on
 SUBNET.1:3142. start() returns once every host answers SSH and has finished booting. A host
 booted from a pristine filesystem (start, reset_host) must come up "running": one that gives
 no SSH banner within BOOT_TIMEOUT, or has a failed unit, is booted once more with a
@@ -71,6 +72,12 @@ from .system import connects, run, ssh_banner
 BOOT_TIMEOUT = 120
 
 PROXY_PORT = 3142
+# Every host's systemd, journald, logind and D-Bus take inotify instances (~7 per host, all
+# root's, as the hosts share this machine's user IDs); the kernel's default of 128 per user
+# ran out with ~25 hosts up at once across the suite's labs, and a host's systemd then
+# stalled ("Failed to create inotify object: Too many open files"). start() raises the limit
+# to this where it is lower (never lowers it).
+INOTIFY_INSTANCES = 1024
 LOCK_WAIT = 1200  # seconds to wait while another process uses a lab with the same prefix
 # Not 192.0.2 (TEST-NET-1): on the project's machines that is the real uplink's subnet.
 DEFAULT_SUBNET = "198.18.0"
@@ -126,6 +133,7 @@ class HostLab:
         try:
             self.cleanup()
             self._check_subnet_free()
+            _raise_limit(Path("/proc/sys/fs/inotify/max_user_instances"), INOTIFY_INSTANCES)
             self.rootfs = Path(self.rootfs or ensure_rootfs(self.cache_dir))
             self._make_keys()
             self._write_known_hosts()
@@ -548,6 +556,12 @@ def _wait(ready, timeout: float, what: str, log: Path | None = None) -> None:
             tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
             raise TimeoutError(f"timed out after {timeout} s waiting for {what}\n{tail}")
         time.sleep(0.05)
+
+
+def _raise_limit(sysctl: Path, floor: int) -> None:
+    """Set the kernel limit SYSCTL to FLOOR if it is lower."""
+    if int(sysctl.read_text()) < floor:
+        sysctl.write_text(f"{floor}\n")
 
 
 def _mounts():
