@@ -13,8 +13,9 @@ bench/nochange_cycle.py). One agent process runs with the default interval and j
      committed at a random moment of the interval, so the wait is ~half an interval).
 2. Idle cost, at the default interval: the agent's CPU time (its own and its children's:
    `git ls-remote` per cycle) over --idle seconds, scaled to an hour, and its resident
-   memory; against cron + `ansible-pull --only-if-changed` at the same interval: the CPU time
-   of one no-change run (median of N, measured here) times the runs per hour, and its peak RSS.
+   memory (RSS, and its private and shared-library parts); against cron + `ansible-pull
+   --only-if-changed` at the same interval: the CPU time of one no-change run (median of N,
+   measured here) times the runs per hour, and its peak RSS.
 The RESULT ratio is agent CPU per hour / cron + ansible-pull CPU per hour.
 """
 from __future__ import annotations
@@ -85,6 +86,19 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def memory_mib(pid: int) -> dict:
+    """The resident memory of PID split as smaps_rollup does: private (its own heap, stacks
+    and written pages) and shared clean (library code, e.g. libpython and libcrypto, which
+    every process mapping the library shares)."""
+    kib = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, value = line.split(":", 1)
+        kib[key] = int(value.split()[0])
+    return {"rss": kib["Rss"] / 1024, "pss": kib["Pss"] / 1024,
+            "private": (kib["Private_Clean"] + kib["Private_Dirty"]) / 1024,
+            "shared_clean": kib["Shared_Clean"] / 1024}
+
+
 def main() -> None:
     import argparse
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -134,7 +148,7 @@ def main() -> None:
             time.sleep(args.idle)
             idle_cpu = cpu_seconds(agent.pid) - cpu0
             idle_wall = time.monotonic() - t0
-            agent_rss = rss_mib(agent.pid)
+            agent_rss, agent_memory = rss_mib(agent.pid), memory_mib(agent.pid)
         finally:
             agent.send_signal(signal.SIGTERM)
             agent.wait(60)
@@ -154,7 +168,7 @@ def main() -> None:
         "latency_polling_s": {"median": statistics.median(polling_s), "all": polling_s,
                               "interval_s": INTERVAL, "jitter_s": JITTER},
         "agent_idle": {"seconds": idle_wall, "cpu_s": idle_cpu, "cpu_s_per_hour": agent_cpu_hour,
-                       "rss_mib": agent_rss},
+                       "rss_mib": agent_rss, "memory_mib": agent_memory},
         "ansible_pull": {"runs": len(pulls), "cpu_s_median": statistics.median(s.cpu for s in pulls),
                          "wall_s_median": statistics.median(s.wall for s in pulls),
                          "peak_rss_mib": max(s.rss_mib for s in pulls),
@@ -164,7 +178,10 @@ def main() -> None:
     print(f"latency push -> converged: webhook median {result['latency_webhook_s']['median']:.2f} s"
           f" ({len(webhook_s)} commits); polling every {INTERVAL:g}+0..{JITTER:g} s: median "
           f"{result['latency_polling_s']['median']:.1f} s ({len(polling_s)} commits)")
-    print(f"idle agent: {agent_cpu_hour:.1f} CPU s/hour, RSS {agent_rss:.1f} MiB; cron + "
+    print(f"idle agent: {agent_cpu_hour:.2f} CPU s/hour, RSS {agent_rss:.1f} MiB (private "
+          f"{agent_memory['private']:.1f}, shared library pages "
+          f"{agent_memory['shared_clean']:.1f}, "
+          f"PSS {agent_memory['pss']:.1f}); cron + "
           f"ansible-pull: {result['ansible_pull']['cpu_s_median']:.2f} CPU s per run x "
           f"{per_hour:.1f} runs/hour = {pull_cpu_hour:.1f} CPU s/hour, peak RSS "
           f"{result['ansible_pull']['peak_rss_mib']:.1f} MiB")

@@ -21,12 +21,13 @@ server, so roles can start, enable, restart and reload services, sshd included. 
 is read-only except net.*: those sysctls are per network namespace; the rest would change
 this machine's kernel. start() raises this machine's fs.inotify.max_user_instances to
 INOTIFY_INSTANCES where it is lower: the hosts' systemds share root's. Each host has its own
-machine ID and cgroup (gitops-lab-PREFIX-NAME in the cgroup hierarchies systemd uses). apt in the hosts uses the proxy (aptproxy.py) on
-SUBNET.1:3142. start() returns once every host answers SSH and has finished booting. A host
-booted from a pristine filesystem (start, reset_host) must come up "running": one that gives
-no SSH banner within BOOT_TIMEOUT, or has a failed unit, is booted once more with a
-RuntimeWarning carrying boot_report(NAME) (its systemd's state, jobs, failed units and
-warnings), and a second such boot raises with that report.
+machine ID and cgroup (gitops-lab-PREFIX-NAME in the cgroup hierarchies systemd uses).
+apt in the hosts uses the proxy (aptproxy.py) on SUBNET.1:3142. start() returns once every
+host answers SSH and has finished booting. A host booted from a pristine filesystem (start,
+reset_host) must come up "running": one that gives no SSH banner within BOOT_TIMEOUT, or has
+a failed unit, is booted once more with a RuntimeWarning carrying boot_report(NAME) (its
+systemd's state, jobs, failed units and warnings), and a second such boot raises with that
+report.
 
 WORKDIR keeps: id_ed25519 (client key, authorized for root everywhere), known_hosts,
 hosts/NAME/ssh_host_ed25519_key (kept across start/stop/reset), hosts/NAME/console.log
