@@ -79,13 +79,6 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def memory_mib(pid: int) -> dict:
     """The resident memory of PID split as smaps_rollup does: private (its own heap, stacks
     and written pages) and shared clean (library code, e.g. libpython and libcrypto, which
@@ -148,7 +141,8 @@ def main() -> None:
             time.sleep(args.idle)
             idle_cpu = cpu_seconds(agent.pid) - cpu0
             idle_wall = time.monotonic() - t0
-            agent_rss, agent_memory = rss_mib(agent.pid), memory_mib(agent.pid)
+            agent_memory = memory_mib(agent.pid)
+            agent_rss = agent_memory["rss"]
         finally:
             agent.send_signal(signal.SIGTERM)
             agent.wait(60)

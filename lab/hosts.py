@@ -65,7 +65,7 @@ from pathlib import Path
 
 from .cache import cache_root
 from .rootfs import ROOTFS_KEY, ensure_rootfs, mirror_hosts
-from .system import connects, run, ssh_banner
+from .system import connects, run, ssh_banner, wait_until
 
 # Seconds a host may take from systemd-nspawn to an SSH banner: ~2 s on a quiet machine, but
 # 30 s was not enough for the 4th host of a lab booted while another lab converged 12 hosts
@@ -388,13 +388,13 @@ class HostLab:
         """What kept host NAME from booting (None: it answers SSH, and its systemd says
         "running", or "degraded" where the host is not PRISTINE)."""
         host, proc = self.hosts[name], self._procs[name]
-        deadline = time.monotonic() + BOOT_TIMEOUT
-        while not ssh_banner(host.address, host.port):
-            if proc.poll() is not None:
-                return f"systemd-nspawn exited with {proc.returncode}"
-            if time.monotonic() > deadline:
-                return f"no SSH banner within {BOOT_TIMEOUT} s"
-            time.sleep(0.05)
+        try:
+            wait_until(lambda: proc.poll() is not None or ssh_banner(host.address, host.port),
+                       BOOT_TIMEOUT, f"sshd on {name}", interval=0.05)
+        except TimeoutError:
+            return f"no SSH banner within {BOOT_TIMEOUT} s"
+        if proc.poll() is not None:
+            return f"systemd-nspawn exited with {proc.returncode}"
         try:
             state = self.exec(name, ["systemctl", "is-system-running", "--wait"],
                               timeout=BOOT_TIMEOUT).stdout.strip()
