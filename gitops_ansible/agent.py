@@ -191,7 +191,7 @@ class Agent:
                 self.wake.wait(sleep_for(self.states.values(), time.monotonic()))
                 self.wake.clear()
         finally:
-            self.server.shutdown()
+            self.server.stop()
             self.notifier.close()
             self.reporter.log("agent stopped")
         return 0

@@ -9,13 +9,15 @@ import http.client
 import io
 import json
 import math
+import socket
+import threading
 from contextlib import closing
 from datetime import datetime, timezone
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gitops_ansible import config, schedule, webhooks
+from gitops_ansible import config, schedule, server, webhooks
 from gitops_ansible.agent import TICK, Agent, SourceState, sleep_for, take_job
 from gitops_ansible.alerts import AlertState, ended_status, held_status, started_status
 from gitops_ansible.reconcile import Result
@@ -376,9 +378,27 @@ class Served:
                      if s.name == name and s.labels == labels), 0)
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
         self.agent.notifier.close()
+
+
+def test_a_stopped_view_ends_its_thread_at_once_and_frees_its_port(tmp_path):
+    """The idle server sleeps a minute between looks for a stop (2 wake-ups a second cost
+    more CPU than the idle agent's polls); a stop must not wait for that."""
+    before = set(threading.enumerate())
+    served = Served(tmp_path, "one")
+    thread = next(t for t in set(threading.enumerate()) - before if t.name == "http")
+    assert served.request("GET", "/healthz")[0] == 200
+    served.agent.out.seek(0)
+    served.agent.out.truncate()
+    done = threading.Thread(target=served.close)
+    done.start()
+    done.join(server.WAKE_INTERVAL / 4)
+    thread.join(1)
+    assert not done.is_alive() and not thread.is_alive()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", served.port), timeout=5)
+    assert served.agent.out.getvalue() == ""  # the wake-up connection is not a request
 
 
 def test_two_agents_in_one_process_serve_their_own_view(tmp_path):
