@@ -13,15 +13,15 @@ import json
 import queue
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 GITLAB_STATES = {"pending": "pending", "success": "success", "failure": "failed"}
 
 
 def _post(url: str, body: dict, headers: dict | None = None, timeout: float = 10) -> int:
+    import urllib.request  # with what it brings (email, tempfile): when there is a post
+
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json",
                                               "User-Agent": "gitops-ansible", **(headers or {})})
@@ -130,7 +130,7 @@ class Notifier:
                 else:
                     self._send_status(target, payload)
                 self.sent += 1
-            except (OSError, urllib.error.URLError, ValueError) as exc:
+            except (OSError, ValueError) as exc:  # urllib's URLError and HTTPError too
                 reason = getattr(exc, "code", None) or getattr(exc, "reason", None) or \
                     type(exc).__name__
                 self.log(f"{kind} to {target['kind']} for {payload['env']} failed: {reason}",

@@ -8,7 +8,6 @@ person or as JSON lines (every line one object carrying ``run_id``, ``env`` and
 """
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import sys
@@ -258,6 +257,8 @@ def render_diff(diff) -> str:
 
 def diff_text(diff) -> str:
     """Ansible's diff results (before/after or prepared text) as a unified diff."""
+    from difflib import unified_diff  # not in the idle agent: diffs are said in cycles
+
     items = diff if isinstance(diff, list) else [diff]
     out = []
     for item in items:
@@ -269,7 +270,7 @@ def diff_text(diff) -> str:
         before, after = item.get("before", ""), item.get("after", "")
         if isinstance(before, dict) or isinstance(after, dict):
             before, after = json.dumps(before, indent=1), json.dumps(after, indent=1)
-        lines = difflib.unified_diff(str(before).splitlines(True), str(after).splitlines(True),
+        lines = unified_diff(str(before).splitlines(True), str(after).splitlines(True),
                                      str(item.get("before_header", "before")),
                                      str(item.get("after_header", "after")))
         text = "".join(line if line.endswith("\n") else line + "\n" for line in lines)

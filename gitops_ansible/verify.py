@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -428,6 +427,8 @@ def _keyring(policy: Policy, state_dir: Path) -> Path:
     if home.is_dir():
         return home
     home.parent.mkdir(parents=True, exist_ok=True)
+    import tempfile  # only here: the agent's idle process does not need it
+
     tmp = Path(tempfile.mkdtemp(prefix=".gnupg-", dir=home.parent))  # mode 0700
     try:
         if keys:
