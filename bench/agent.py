@@ -10,7 +10,12 @@ bench/nochange_cycle.py). One agent process runs with the default interval and j
    targets' files carrying the new content:
    - webhook: a signed GitHub push event is posted right after the commit (N commits);
    - polling: no webhook; the agent finds the commit on its next interval (M commits, each
-     committed at a random moment of the interval, so the wait is ~half an interval).
+     committed at a random moment of the interval, so the wait is ~half an interval);
+   - the baseline, round by round with the webhook (alternating which goes first):
+     `ansible-playbook` alone, started by hand in a clone at a new commit of its own, with
+     the agent's arguments (`--diff`, as the agent records diffs by default, and the changed
+     host as the limit), timed to the same file; and once more without `--diff`, for what
+     Ansible's diff costs. The webhook's figure over the first is the agent's share.
 2. Idle cost, at the default interval: the agent's CPU time (its own and its children's:
    `git ls-remote` per cycle) over --idle seconds, scaled to an hour, and its resident
    memory (RSS, and its private and shared-library parts); against cron + `ansible-pull
@@ -64,6 +69,22 @@ def webhook(port: int) -> None:
         assert response.status == 202, response.status
 
 
+def ansible_alone(clone: Path, out: Path, name: str, env: dict, diff: bool) -> float:
+    """Seconds from starting `ansible-playbook` on a new commit in CLONE to beta's file
+    carrying it (the agent's webhook figure, without the agent)."""
+    commit(clone, name)
+    command = [VENV_BIN / "ansible-playbook", *(["--diff"] if diff else []), "-i",
+               "inventories/dev", "--limit", "beta", "playbooks/site.yml"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=clone, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    wait_greeting(out, name, 300)
+    took = time.perf_counter() - start
+    if proc.wait():
+        sys.exit(f"ansible-playbook in {clone} ended with {proc.returncode}")
+    return took
+
+
 def wait_greeting(out: Path, name: str, timeout: float) -> None:
     deadline, path = time.monotonic() + timeout, out / "beta.txt"
     while time.monotonic() < deadline:
@@ -114,6 +135,8 @@ def main() -> None:
                           f'[[sources]]\nrepo = "file://{repo}"\nref = "master"\nenv = "dev"\n'
                           'drift_interval = 0\n')
         subprocess.run(["git", "branch", "-M", "master"], cwd=repo, check=True)
+        clone = tmp / "alone"
+        subprocess.run(["git", "clone", "-q", repo, clone], check=True)
         log = open(tmp / "agent.log", "w")
         agent = subprocess.Popen([VENV_BIN / "gitops-ansible", "agent", "--config", config,
                                   "--state-dir", tmp / "state"], env=env, cwd=cwd, stdout=log,
@@ -121,14 +144,21 @@ def main() -> None:
         try:
             wait_greeting(out, "world", 300)
             time.sleep(2)
-            webhook_s, polling_s = [], []
+            webhook_s, polling_s, alone_s, alone_nodiff_s = [], [], [], []
             for i in range(args.repeat):
+                if i % 2:
+                    alone_s.append(ansible_alone(clone, out, f"alone{i}", env, diff=True))
                 commit(repo, f"hook{i}")
                 start = time.perf_counter()
                 webhook(port)
                 wait_greeting(out, f"hook{i}", 300)
                 webhook_s.append(time.perf_counter() - start)
-                print(f"  webhook {i}: {webhook_s[-1]:.2f} s", file=sys.stderr, flush=True)
+                if not i % 2:
+                    alone_s.append(ansible_alone(clone, out, f"alone{i}", env, diff=True))
+                alone_nodiff_s.append(ansible_alone(clone, out, f"nodiff{i}", env, diff=False))
+                print(f"  webhook {i}: {webhook_s[-1]:.2f} s; ansible-playbook alone "
+                      f"{alone_s[-1]:.2f} s, without --diff {alone_nodiff_s[-1]:.2f} s",
+                      file=sys.stderr, flush=True)
             for i in range(args.polls):
                 time.sleep(random.uniform(0, INTERVAL))
                 commit(repo, f"poll{i}")
@@ -157,8 +187,13 @@ def main() -> None:
     agent_cpu_hour = idle_cpu / idle_wall * 3600
     pull_cpu_hour = statistics.median(s.cpu for s in pulls) * per_hour
     ratio = agent_cpu_hour / pull_cpu_hour
+    webhook_median, alone_median = statistics.median(webhook_s), statistics.median(alone_s)
     result = {
-        "latency_webhook_s": {"median": statistics.median(webhook_s), "all": webhook_s},
+        "latency_webhook_s": {"median": webhook_median, "all": webhook_s},
+        "ansible_alone_s": {"median": alone_median, "all": alone_s},
+        "ansible_alone_without_diff_s": {"median": statistics.median(alone_nodiff_s),
+                                         "all": alone_nodiff_s},
+        "ratio_webhook_to_ansible_alone": webhook_median / alone_median,
         "latency_polling_s": {"median": statistics.median(polling_s), "all": polling_s,
                               "interval_s": INTERVAL, "jitter_s": JITTER},
         "agent_idle": {"seconds": idle_wall, "cpu_s": idle_cpu, "cpu_s_per_hour": agent_cpu_hour,
@@ -172,6 +207,10 @@ def main() -> None:
     print(f"latency push -> converged: webhook median {result['latency_webhook_s']['median']:.2f} s"
           f" ({len(webhook_s)} commits); polling every {INTERVAL:g}+0..{JITTER:g} s: median "
           f"{result['latency_polling_s']['median']:.1f} s ({len(polling_s)} commits)")
+    print(f"ansible-playbook alone, started at the commit: median {alone_median:.2f} s with "
+          f"--diff (the agent's arguments), "
+          f"{result['ansible_alone_without_diff_s']['median']:.2f} s without; the agent's "
+          f"share of the webhook figure: {webhook_median - alone_median:+.2f} s")
     print(f"idle agent: {agent_cpu_hour:.2f} CPU s/hour, RSS {agent_rss:.1f} MiB (private "
           f"{agent_memory['private']:.1f}, shared library pages "
           f"{agent_memory['shared_clean']:.1f}, "
@@ -180,6 +219,8 @@ def main() -> None:
           f"{per_hour:.1f} runs/hour = {pull_cpu_hour:.1f} CPU s/hour, peak RSS "
           f"{result['ansible_pull']['peak_rss_mib']:.1f} MiB")
     print(f"RESULT name=agent_idle ratio={ratio:.3f} (agent CPU per hour / cron + ansible-pull)")
+    print(f"RESULT name=agent_webhook ratio={webhook_median / alone_median:.3f} (webhook to "
+          "converged / ansible-playbook alone to the same file)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "agent.json").write_text(json.dumps(result, indent=2) + "\n")
 
