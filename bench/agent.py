@@ -116,7 +116,8 @@ def memory_mib(pid: int) -> dict:
 def main() -> None:
     import argparse
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=5, help="webhook commits and ansible-pull runs")
+    parser.add_argument("--repeat", type=int, default=5,
+                        help="webhook commits and ansible-pull runs")
     parser.add_argument("--polls", type=int, default=3, help="commits found by polling")
     parser.add_argument("--idle", type=float, default=2 * INTERVAL, help="idle seconds measured")
     args = parser.parse_args()
@@ -198,7 +199,8 @@ def main() -> None:
                               "interval_s": INTERVAL, "jitter_s": JITTER},
         "agent_idle": {"seconds": idle_wall, "cpu_s": idle_cpu, "cpu_s_per_hour": agent_cpu_hour,
                        "rss_mib": agent_rss, "memory_mib": agent_memory},
-        "ansible_pull": {"runs": len(pulls), "cpu_s_median": statistics.median(s.cpu for s in pulls),
+        "ansible_pull": {"runs": len(pulls),
+                         "cpu_s_median": statistics.median(s.cpu for s in pulls),
                          "wall_s_median": statistics.median(s.wall for s in pulls),
                          "peak_rss_mib": max(s.rss_mib for s in pulls),
                          "cpu_s_per_hour": pull_cpu_hour, "runs_per_hour": per_hour},
