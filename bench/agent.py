@@ -16,6 +16,8 @@ bench/nochange_cycle.py). One agent process runs with the default interval and j
      the agent's arguments (`--diff`, as the agent records diffs by default, and the changed
      host as the limit), timed to the same file; and once more without `--diff`, for what
      Ansible's diff costs. The webhook's figure over the first is the agent's share.
+     `--no-diff`: the source turns diffs off (`diff = false`) and the baseline runs
+     without `--diff` too.
 2. Idle cost, at the default interval: the agent's CPU time (its own and its children's:
    `git ls-remote` per cycle) over --idle seconds, scaled to an hour, and its resident
    memory (RSS, and its private and shared-library parts); against cron + `ansible-pull
@@ -120,6 +122,8 @@ def main() -> None:
                         help="webhook commits and ansible-pull runs")
     parser.add_argument("--polls", type=int, default=3, help="commits found by polling")
     parser.add_argument("--idle", type=float, default=2 * INTERVAL, help="idle seconds measured")
+    parser.add_argument("--no-diff", action="store_true",
+                        help="the source records no diffs (diff = false); nor does the baseline")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gatbench-agent-") as tmp:
         tmp = Path(tmp)
@@ -134,7 +138,7 @@ def main() -> None:
         config.write_text(f'[agent]\nlisten = "127.0.0.1:{port}"\n'
                           f'github_secret_file = "{tmp / "secret"}"\n'
                           f'[[sources]]\nrepo = "file://{repo}"\nref = "master"\nenv = "dev"\n'
-                          'drift_interval = 0\n')
+                          'drift_interval = 0\n' + ("diff = false\n" if args.no_diff else ""))
         subprocess.run(["git", "branch", "-M", "master"], cwd=repo, check=True)
         clone = tmp / "alone"
         subprocess.run(["git", "clone", "-q", repo, clone], check=True)
@@ -148,18 +152,20 @@ def main() -> None:
             webhook_s, polling_s, alone_s, alone_nodiff_s = [], [], [], []
             for i in range(args.repeat):
                 if i % 2:
-                    alone_s.append(ansible_alone(clone, out, f"alone{i}", env, diff=True))
+                    alone_s.append(ansible_alone(clone, out, f"alone{i}", env, not args.no_diff))
                 commit(repo, f"hook{i}")
                 start = time.perf_counter()
                 webhook(port)
                 wait_greeting(out, f"hook{i}", 300)
                 webhook_s.append(time.perf_counter() - start)
                 if not i % 2:
-                    alone_s.append(ansible_alone(clone, out, f"alone{i}", env, diff=True))
-                alone_nodiff_s.append(ansible_alone(clone, out, f"nodiff{i}", env, diff=False))
-                print(f"  webhook {i}: {webhook_s[-1]:.2f} s; ansible-playbook alone "
-                      f"{alone_s[-1]:.2f} s, without --diff {alone_nodiff_s[-1]:.2f} s",
-                      file=sys.stderr, flush=True)
+                    alone_s.append(ansible_alone(clone, out, f"alone{i}", env, not args.no_diff))
+                said = f"  webhook {i}: {webhook_s[-1]:.2f} s; ansible-playbook alone " \
+                    f"{alone_s[-1]:.2f} s"
+                if not args.no_diff:
+                    alone_nodiff_s.append(ansible_alone(clone, out, f"nodiff{i}", env, False))
+                    said += f", without --diff {alone_nodiff_s[-1]:.2f} s"
+                print(said, file=sys.stderr, flush=True)
             for i in range(args.polls):
                 time.sleep(random.uniform(0, INTERVAL))
                 commit(repo, f"poll{i}")
@@ -191,11 +197,13 @@ def main() -> None:
     webhook_median, alone_median = statistics.median(webhook_s), statistics.median(alone_s)
     result = {
         "latency_webhook_s": {"median": webhook_median, "all": webhook_s},
-        "ansible_alone_s": {"median": alone_median, "all": alone_s},
-        "ansible_alone_without_diff_s": {"median": statistics.median(alone_nodiff_s),
-                                         "all": alone_nodiff_s},
+        "ansible_alone_s": {"median": alone_median, "all": alone_s, "diff": not args.no_diff},
+        "ansible_alone_without_diff_s": {
+            "median": statistics.median(alone_nodiff_s) if alone_nodiff_s else None,
+            "all": alone_nodiff_s},
         "ratio_webhook_to_ansible_alone": webhook_median / alone_median,
-        "latency_polling_s": {"median": statistics.median(polling_s), "all": polling_s,
+        "latency_polling_s": {"median": statistics.median(polling_s) if polling_s else None,
+                              "all": polling_s,
                               "interval_s": INTERVAL, "jitter_s": JITTER},
         "agent_idle": {"seconds": idle_wall, "cpu_s": idle_cpu, "cpu_s_per_hour": agent_cpu_hour,
                        "rss_mib": agent_rss, "memory_mib": agent_memory},
@@ -206,13 +214,15 @@ def main() -> None:
                          "cpu_s_per_hour": pull_cpu_hour, "runs_per_hour": per_hour},
         "ratio_cpu_per_hour": ratio,
     }
-    print(f"latency push -> converged: webhook median {result['latency_webhook_s']['median']:.2f} s"
-          f" ({len(webhook_s)} commits); polling every {INTERVAL:g}+0..{JITTER:g} s: median "
-          f"{result['latency_polling_s']['median']:.1f} s ({len(polling_s)} commits)")
-    print(f"ansible-playbook alone, started at the commit: median {alone_median:.2f} s with "
-          f"--diff (the agent's arguments), "
-          f"{result['ansible_alone_without_diff_s']['median']:.2f} s without; the agent's "
-          f"share of the webhook figure: {webhook_median - alone_median:+.2f} s")
+    print(f"latency push -> converged: webhook median {webhook_median:.2f} s ({len(webhook_s)} "
+          "commits" + (f"); polling every {INTERVAL:g}+0..{JITTER:g} s: median "
+                       f"{result['latency_polling_s']['median']:.1f} s ({len(polling_s)} commits)"
+                       if polling_s else ")"))
+    without = result["ansible_alone_without_diff_s"]["median"]
+    print(f"ansible-playbook alone, started at the commit: median {alone_median:.2f} s "
+          + ("without --diff (as the agent runs)" if args.no_diff else
+             f"with --diff (the agent's arguments), {without:.2f} s without")
+          + f"; the agent's share of the webhook figure: {webhook_median - alone_median:+.2f} s")
     print(f"idle agent: {agent_cpu_hour:.2f} CPU s/hour, RSS {agent_rss:.1f} MiB (private "
           f"{agent_memory['private']:.1f}, shared library pages "
           f"{agent_memory['shared_clean']:.1f}, "
