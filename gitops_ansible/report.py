@@ -271,8 +271,8 @@ def diff_text(diff) -> str:
         if isinstance(before, dict) or isinstance(after, dict):
             before, after = json.dumps(before, indent=1), json.dumps(after, indent=1)
         lines = unified_diff(str(before).splitlines(True), str(after).splitlines(True),
-                                     str(item.get("before_header", "before")),
-                                     str(item.get("after_header", "after")))
+                             str(item.get("before_header", "before")),
+                             str(item.get("after_header", "after")))
         text = "".join(line if line.endswith("\n") else line + "\n" for line in lines)
         out.append(text)
     return "".join(out)
