@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Protocol
 
 from .config import ExecutionNode
-from .execute import REVISION_VAR, RUN_ID_VAR, Ending, cmdline, control_dir, runner_env
+from .execute import (REVISION_VAR, RUN_ID_VAR, Ending, cmdline, control_dir, runner_env,
+                      write_event)
 
 CONNECT_TIMEOUT = 10  # seconds for SSH to reach a node
 CHECK_TIMEOUT = 60    # seconds for a node to report its versions
@@ -459,10 +460,7 @@ class _Stream:
             if data.get("event") == "playbook_on_stats":
                 self.found["stats"] = True
             if self.execution.handle(data):
-                path = events / f"{data['counter']}-{data['uuid']}.json"
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as handle:
-                    json.dump(data, handle)
+                write_event(events, data)
         return True
 
     def _artifacts(self, size: int) -> None:
