@@ -32,6 +32,7 @@ class Sample:
     rss_mib: float
     rc: int
     output: str
+    own_cpu: float | None = None  # the command's own process, where it reports it
 
 
 def parse_args(default_repeat: int, doc: str) -> argparse.Namespace:

@@ -26,6 +26,10 @@ paid its handshake: a 12-host no-op varied by +-5 CPU s. They are closed at the 
 CPU is user+sys of the command's whole process tree as wait4() reports it (common.measure):
 the controller and every descendant it waited for (ansible-playbook, its forks, their
 ssh clients). Not counted, on any side: the ControlPersist masters, which detach.
+The push sides run the CLI in a Python that also writes, as it exits, the CPU of its own
+process (getrusage RUSAGE_SELF: the controller's Python and its threads, not its
+children) to a file (OWN_CPU): the controller's own share of the tree, measured within one
+run, so that the noise of ansible-playbook between runs does not blur it.
 Per size it prints the CPU ratio push / ansible-playbook (per-round median) and the extra
 CPU (push - ansible-playbook) in total and per host, with and without the pre-flight; then
 a straight line through the sizes, extra CPU = fixed + per host x hosts.
@@ -58,6 +62,15 @@ ANSIBLE_SSH_ARGS = "-C -o ControlMaster=auto"
 MASTERS_PERSIST = "3600s"
 CPU_GOAL = 1.03
 SIZES = (3, 6, 12)
+# gitops-ansible's console script, and as it exits its own CPU to $BENCH_OWN_CPU
+OWN_CPU = ("import os, resource, sys\n"
+           "from gitops_ansible.cli import main\n"
+           "sys.argv[0] = 'gitops-ansible'\n"
+           "try:\n    code = main()\n"
+           "finally:\n    used = resource.getrusage(resource.RUSAGE_SELF)\n"
+           "    with open(os.environ['BENCH_OWN_CPU'], 'w') as out:\n"
+           "        out.write(str(used.ru_utime + used.ru_stime))\n"
+           "sys.exit(code)\n")
 PUSH, PUSH_OFF, PLAIN = ("gitops-ansible push", "gitops-ansible push --preflight off",
                          "ansible-playbook")
 
@@ -128,7 +141,8 @@ def close_masters(control_dir: Path) -> None:
 
 
 def commands_for(checkout: Path, state: Path) -> dict[str, list]:
-    push = [VENV_BIN / "gitops-ansible", "push", "--env", "lab", "--path", checkout, *VAULT]
+    push = [VENV_BIN / "python", "-c", OWN_CPU, "push", "--env", "lab", "--path", checkout,
+            *VAULT]
     return {PUSH: push + ["--state-dir", state / "push"],
             PLAIN: [VENV_BIN / "ansible-playbook", "-i", "inventories/lab", "playbooks/site.yml",
                     *VAULT],
@@ -142,8 +156,14 @@ def measure_size(size: int, checkout: Path, state: Path, env: dict, repeat: int)
     expect("first converge", measure(commands[PUSH], checkout, env), (0, 2), "hosts")
 
     def push(name):
-        return lambda: expect(name, measure(commands[name], checkout, env), (0,),
-                              "nothing changed")
+        def run():
+            sample = expect(name, measure(commands[name], checkout, env), (0,),
+                            "nothing changed")
+            own = Path(env["BENCH_OWN_CPU"])
+            sample.own_cpu = float(own.read_text())
+            own.unlink()
+            return sample
+        return run
     sides = {  # the reference in the middle: next to each push in every round
         PUSH: push(PUSH),
         PLAIN: lambda: unchanged_recap(expect(
@@ -158,7 +178,11 @@ def cpu_figures(samples: dict, size: int, side: str) -> dict:
     pairs = list(zip(samples[side], samples[PLAIN]))
     ratio = [a.cpu / b.cpu for a, b in pairs]
     extra = [a.cpu - b.cpu for a, b in pairs]
-    return {"cpu ratio (per-round median)": statistics.median(ratio),
+    own = [s.own_cpu for s in samples[side]]
+    return {"own cpu s": statistics.median(own),
+            "own / the rest of the tree": statistics.median(
+                s.own_cpu / (s.cpu - s.own_cpu) for s in samples[side]),
+            "cpu ratio (per-round median)": statistics.median(ratio),
             "cpu ratio min": min(ratio), "cpu ratio max": max(ratio),
             "extra cpu s": statistics.median(extra), "extra cpu s min": min(extra),
             "extra cpu s max": max(extra), "extra cpu s per host": statistics.median(extra) / size}
@@ -181,6 +205,7 @@ def main() -> None:
         control_dir = tmp / "cp"
         control_dir.mkdir()
         env = dict(bench_env(tmp), ANSIBLE_SSH_CONTROL_PATH_DIR=str(control_dir),
+                   BENCH_OWN_CPU=str(tmp / "own-cpu"),
                    ANSIBLE_SSH_ARGS=f"{ANSIBLE_SSH_ARGS} -o ControlPersist={MASTERS_PERSIST}")
         try:
             with HostLab(tmp / "lab", host_names(max(args.sizes)), prefix="gatbench",
@@ -213,11 +238,20 @@ def main() -> None:
               f"{on['extra cpu s per host']:>9.3f} {off['cpu ratio (per-round median)']:>23.3f} "
               f"{off['extra cpu s']:>7.2f} {off['extra cpu s per host']:>9.3f} "
               f"{on['extra cpu s'] - off['extra cpu s']:>11.2f}")
+    print("\n== the controller's own process (RUSAGE_SELF), within each push run")
+    print(f"{'HOSTS':>5} {'OWN CPU s':>10} {'PER HOST':>9} {'OWN / REST OF TREE':>19} "
+          f"{'--preflight off: OWN CPU s':>27} {'OWN / REST':>11}")
+    for size, cpu in summary.items():
+        on, off = cpu[PUSH], cpu[PUSH_OFF]
+        print(f"{size:>5} {on['own cpu s']:>10.3f} {on['own cpu s'] / size:>9.3f} "
+              f"{on['own / the rest of the tree']:>19.3f} {off['own cpu s']:>27.3f} "
+              f"{off['own / the rest of the tree']:>11.3f}")
     if len(summary) > 1:
         for side in (PUSH, PUSH_OFF):
-            fit = line_fit([(size, cpu[side]["extra cpu s"]) for size, cpu in summary.items()])
-            print(f"line through the sizes, {side}: extra CPU = {fit['fixed s']:.2f} s + "
-                  f"{fit['per host s']:.3f} s x hosts")
+            for figure, label in (("extra cpu s", "extra CPU"), ("own cpu s", "own CPU")):
+                fit = line_fit([(size, cpu[side][figure]) for size, cpu in summary.items()])
+                print(f"line through the sizes, {side}: {label} = {fit['fixed s']:.2f} s + "
+                      f"{fit['per host s']:.3f} s x hosts")
     met = all(cpu[PUSH]["cpu ratio (per-round median)"] <= CPU_GOAL for cpu in summary.values())
     print(f"RESULT name=push_overhead_cpu sizes={','.join(map(str, summary))} "
           f"goal=cpu<={CPU_GOAL} met={'yes' if met else 'no'}")
