@@ -421,13 +421,13 @@ def _here(plan, run_id: str, private_dir: Path, execution: Execution, limit: str
     import ansible_runner  # imported only when there is a playbook to run
 
     redactor, stats = execution.redactor, []
-    events = private_dir / "artifacts" / run_id / "job_events"
+    artifacts = private_dir / "artifacts" / run_id  # ansible-runner's, for ident=run_id
 
     def handle(event: dict) -> bool:  # this part's events (the nodes' come in beside them)
         if event.get("event") == "playbook_on_stats":
             stats.append(True)
         if execution.handle(event):
-            write_event(events, event)
+            write_event(artifacts / "job_events", event)
         return False  # written: ansible-runner would write it again, more slowly
     kwargs = dict(private_data_dir=str(private_dir), project_dir=str(plan.checkout),
                   playbook=plan.playbook, inventory=str(plan.inventory), ident=run_id,
@@ -442,7 +442,7 @@ def _here(plan, run_id: str, private_dir: Path, execution: Execution, limit: str
     except OSError as exc:  # ansible-runner's own writes (a full disk): the run ends here
         _let_go(exc)
         stop_leftovers(run_id, grace=5.0)
-        _redact(redactor, private_dir, private_dir / "artifacts" / run_id)
+        _redact(redactor, private_dir, artifacts)
         where = exc.filename or private_dir
         cancelled = execution.cancel.is_set()
         if not execution.sliced:
@@ -452,8 +452,6 @@ def _here(plan, run_id: str, private_dir: Path, execution: Execution, limit: str
                       f"cancelled; then {why}" if cancelled else why)
     if not execution.sliced:
         stop_leftovers(run_id, grace=5.0)  # a cancelled run can leave module processes
-    artifacts = Path(runner.config.artifact_dir)
-    if not execution.sliced:
         _redact(redactor, private_dir, artifacts)
     status = "cancelled" if runner.status == "canceled" else runner.status
     ending = Ending(status, runner.rc if runner.rc is not None else -1, artifacts=True)
@@ -470,8 +468,8 @@ def _here(plan, run_id: str, private_dir: Path, execution: Execution, limit: str
 def write_event(events: Path, event: dict) -> None:
     """An event (scrubbed) into the artifacts, as ansible-runner names it: whole or not
     at all (a temporary file, renamed). ``json.dumps`` in one write: ansible-runner's own
-    ``json.dump`` through a codecs stream encodes in pure Python, and was the largest part
-    of the controller's CPU per event."""
+    ``json.dump`` through a codecs stream encodes in pure Python (the 1003 events of a
+    12-host no-op: 0.231 CPU s written here, 0.288 by ansible-runner)."""
     path = events / f"{event['counter']}-{event['uuid']}.json"
     temporary = path.with_name(path.name + ".tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
