@@ -331,9 +331,21 @@ def fault_defaults(plan, config: configparser.ConfigParser, run_id: str) -> dict
     args = os.environ.get("ANSIBLE_SSH_ARGS") or _option(config, "ssh_connection",
                                                          "ssh_args") or ANSIBLE_SSH_ARGS
     if plan.ssh_keepalive and "serveraliveinterval" not in args.lower():
-        env["ANSIBLE_SSH_ARGS"] = (f"{args} -o ServerAliveInterval={plan.ssh_keepalive} "
-                                   f"-o ServerAliveCountMax={KEEPALIVE_COUNT}")
+        args += f" -o ServerAliveInterval={plan.ssh_keepalive} -o ServerAliveCountMax={KEEPALIVE_COUNT}"
+    env["ANSIBLE_SSH_ARGS"] = args  # what Ansible would use, said (the pre-flight reads it)
     return env
+
+
+def masters(plan, run_id: str):
+    """How the pre-flight opens the run's SSH master connections (preflight.Masters): the
+    run's ssh_args in the run's own control_path_dir; None where Ansible's settings put
+    them elsewhere (their users' keepalives and lifetime are not the run's)."""
+    from .preflight import Masters
+
+    env = runner_env(plan, run_id)
+    if "ANSIBLE_SSH_CONTROL_PATH_DIR" not in env:
+        return None
+    return Masters(env["ANSIBLE_SSH_ARGS"], Path(env["ANSIBLE_SSH_CONTROL_PATH_DIR"]))
 
 
 def control_dir(run_id: str) -> Path:
@@ -539,18 +551,21 @@ def _ansible_error(path: Path, checkout: Path) -> str:
 
 def orphans(run_id: str) -> list[int]:
     """Processes still running for ``run_id`` (found by their environment, Linux /proc),
-    in this controller's PID namespace: an execution node that shares its kernel (a
-    container) stops its own (nodes.py)."""
+    and its SSH master connections (found by the title OpenSSH gives a master, which
+    overwrites its environment), in this controller's PID namespace: an execution node
+    that shares its kernel (a container) stops its own (nodes.py)."""
     marker = f"{RUN_ID_VAR}={run_id}".encode()
+    master = f"ssh: {control_dir(run_id)}/".encode()
     found, own = [], _pid_namespace("self")
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            environ = (entry / "environ").read_bytes()
+            ours = marker in (entry / "environ").read_bytes().split(b"\0") or \
+                (entry / "cmdline").read_bytes().startswith(master)
         except OSError:
             continue
-        if marker in environ.split(b"\0") and _pid_namespace(entry.name) == own:
+        if ours and _pid_namespace(entry.name) == own:
             found.append(int(entry.name))
     return found
 
@@ -564,7 +579,7 @@ def _pid_namespace(pid: str) -> str | None:
 
 def stop_leftovers(run_id: str, grace: float = 10.0) -> list[int]:
     """What a run leaves when it ends or its controller was killed: its Ansible processes
-    (stopped; their pids returned) and its SSH master connections' directory."""
+    and SSH master connections (stopped; their pids returned) and the masters' directory."""
     stopped = stop_orphans(run_id, grace)
     shutil.rmtree(control_dir(run_id), ignore_errors=True)
     return stopped

@@ -605,7 +605,7 @@ class Cycle:
                 h: t for h, t in inventory.targets.items() if h in self.scope.hosts})
         if self.settings.execution_nodes:
             inventory = self._place(inventory, the_plan)
-        self._preflight(inventory, the_plan)
+        opened = self._preflight(inventory, the_plan)
         outcome = None
         running = set(the_plan.hosts if the_plan.scope is None else the_plan.scope)
         if running and (not the_plan.excluded or set(the_plan.excluded) < running):
@@ -614,6 +614,9 @@ class Cycle:
             self._journal(platform_of(the_plan))
             outcome = execute(the_plan, self.run_record.id, self._artifacts(), self.redactor,
                               self.reporter, self.cancel, self.journal)
+        elif opened:  # nothing runs: the pre-flight's master connections go now
+            from .execute import stop_leftovers
+            stop_leftovers(self.run_record.id, grace=5.0)
         self.converged = True
         return self._verdict(the_plan, outcome)
 
@@ -700,17 +703,22 @@ class Cycle:
         return dataclasses.replace(inventory, targets={
             h: t for h, t in inventory.targets.items() if h not in away})
 
-    def _preflight(self, inventory, the_plan) -> None:
+    def _preflight(self, inventory, the_plan) -> bool:
+        """Check the SSH targets (preflight.py); whether their connections were kept open
+        as the run's master connections."""
         if self.settings.preflight == "off":
-            return
+            return False
+        from .execute import masters
         from .preflight import check_hosts
-        checks = check_hosts(inventory, self.settings)
+        kept = masters(the_plan, self.run_record.id)
+        checks = check_hosts(inventory, self.settings, kept)
         bad = [c for c in checks if not c.ok]
         for check in bad:
             self.reporter.log(f"pre-flight: {check.host} ({check.address}:{check.port}): "
                               f"{check.status}: {check.detail}", "warning")
         if self.settings.preflight == "skip":
             the_plan.excluded = {c.host: f"{c.status}: {c.detail}" for c in bad}
+        return bool(kept and checks)
 
     def _refused(self, problems, sticky: bool) -> Verdict:
         """A refusal; a ``sticky`` one marks the revision refused (no retry until a new

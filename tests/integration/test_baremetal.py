@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -348,3 +349,62 @@ def test_a_changed_file_restarts_the_service_that_reads_it_once(cli, estate, hos
     assert item_results(cli, done, "Restart or reload the services whose files changed") == {
         h: [["cron", "restarted"]] for h in host_lab.hosts}
     assert "workers = 3" in host_file(host_lab, "web-1", "/etc/demo-app/app.conf").read_text()
+
+
+def test_preflight_connections_are_the_ones_ansible_then_uses(host_lab, settings_for, tmp_path):
+    """Before a run, each host's pre-flight connection stays open as the master connection
+    that Ansible's ssh then uses: Ansible opens none of its own, and the end of the run
+    closes them. The failures OpenSSH reports are told apart; a paramiko target is checked
+    with paramiko, the client Ansible uses for it."""
+    from gitops_ansible.execute import ANSIBLE_SSH_ARGS, control_dir, orphans, stop_leftovers
+    from gitops_ansible.inventory import CONNECTION_VARS, Inventory, Target
+    from gitops_ansible.preflight import Masters, check_hosts
+
+    run_id = f"test-{hashlib.sha1(str(tmp_path).encode()).hexdigest()[:12]}"
+    conn = {k: v for k, v in host_lab.inventory_vars().items() if k in CONNECTION_VARS}
+    addresses = {name: host.address for name, host in host_lab.hosts.items()}
+
+    def inventory(**more) -> Inventory:
+        return Inventory("lab", tmp_path, {n: Target(n, "baremetal", {**conn, "ansible_host": a,
+                                                                     **more})
+                                           for n, a in addresses.items()}, set())
+
+    def sockets() -> set[str]:
+        return {p.name for p in directory.iterdir() if p.is_socket()}
+
+    settings, directory = settings_for(), control_dir(run_id)
+    args = f"{ANSIBLE_SSH_ARGS} -o ServerAliveInterval=15 -o ServerAliveCountMax=4"
+    masters = Masters(args, directory)
+    try:
+        checks = check_hosts(inventory(), settings, masters)
+        assert {c.host: c.status for c in checks} == dict.fromkeys(addresses, "ok"), checks
+        opened = sockets()
+        assert opened == {Path(masters.path(a, None, "root")).name for a in addresses.values()}
+        assert len(orphans(run_id)) == len(addresses)
+
+        (tmp_path / "hosts.yml").write_text(yaml.safe_dump(host_lab.inventory()))
+        env = {**os.environ, "ANSIBLE_SSH_ARGS": args, "ANSIBLE_SSH_CONTROL_PATH_DIR":
+               str(directory), "ANSIBLE_HOST_KEY_CHECKING": "True"}
+        ping = subprocess.run([str(Path(sys.executable).parent / "ansible"), "all", "-i",
+                               str(tmp_path / "hosts.yml"), "-m", "ping"], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+        assert sockets() == opened  # Ansible's ssh went through the pre-flight's masters
+    finally:
+        stopped = stop_leftovers(run_id, grace=5.0)
+    assert len(stopped) == len(addresses) and not orphans(run_id) and not directory.exists()
+
+    stranger = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)],
+                   check=True)
+    empty = tmp_path / "known_hosts"
+    empty.touch()
+    unknown = conn["ansible_ssh_common_args"].replace(str(host_lab.known_hosts), str(empty))
+    for connection in ("ssh", "paramiko"):
+        cases = {"ok": {}, "auth-failed": {"ansible_ssh_private_key_file": str(stranger)},
+                 "host-key-unknown": {"ansible_ssh_common_args": unknown}}
+        for status, more in cases.items():
+            checks = check_hosts(inventory(ansible_connection=connection, **more), settings)
+            assert {c.status for c in checks} == {status}, (connection, checks)
+            if status == "host-key-unknown":
+                assert all(str(empty) in c.detail for c in checks), checks
