@@ -16,12 +16,20 @@ checkout:
     ansible-playbook -i inventories/lab playbooks/site.yml --vault-password-file V
     gitops-ansible push ... --preflight off --state-dir S2      (the cost of the pre-flight)
 
-V = inventories/lab/.vault-pass. Every side shares one SSH ControlPersist directory under
-the temporary directory, and its masters persist for the whole benchmark (ssh_args with
-ControlPersist=MASTERS_PERSIST, on every side; push adds its keepalives to them): the first
-converge opens them and every measured run reuses them. With Ansible's default (60 s) a
-master expired between some runs and not others, at random, and the run that opened it again
-paid its handshake: a 12-host no-op varied by +-5 CPU s. They are closed at the end.
+V = inventories/lab/.vault-pass. With ``--connections kept`` (the default) every side shares
+one SSH ControlPersist directory under the temporary directory, and its masters persist for
+the whole benchmark (ssh_args with ControlPersist=MASTERS_PERSIST, on every side; push adds
+its keepalives to them): the first converge opens them and every measured run reuses them.
+With Ansible's default (60 s) a master expired between some runs and not others, at random,
+and the run that opened it again paid its handshake: a 12-host no-op varied by +-5 CPU s.
+They are closed at the end. Then the pre-flight (push against push --preflight off) is the
+cost of a check whose connection Ansible does not use.
+With ``--connections fresh`` every run opens its own connections, as a push from CI does:
+Ansible's ssh_args and ControlPersist are its defaults, push keeps the masters in its run's
+own directory (the pre-flight opens them, Ansible's tasks use them; they are stopped when
+the run ends) and ansible-playbook in one of its own, closed after each of its runs
+(unmeasured). Then the pre-flight column is what the check costs beyond the connections
+Ansible would open anyway (issue 20's deliverable 2).
 
 CPU is user+sys of the command's whole process tree as wait4() reports it (common.measure):
 the controller and every descendant it waited for (ansible-playbook, its forks, their
@@ -81,6 +89,9 @@ def parse_args() -> argparse.Namespace:
                         help="measured runs per side and size (default 3), after a warm-up")
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)),
                         help="host counts, multiples of 3 (default 3,6,12)")
+    parser.add_argument("--connections", choices=("kept", "fresh"), default="kept",
+                        help="SSH masters kept for the whole benchmark (default), or opened "
+                             "by every run")
     args = parser.parse_args()
     try:
         args.sizes = sorted({int(n) for n in args.sizes.split(",")})
@@ -149,9 +160,14 @@ def commands_for(checkout: Path, state: Path) -> dict[str, list]:
             PUSH_OFF: push + ["--preflight", "off", "--state-dir", state / "push-off"]}
 
 
-def measure_size(size: int, checkout: Path, state: Path, env: dict, repeat: int) -> dict:
-    """One size: the first converge (not measured), then the sides interleaved."""
+def measure_size(size: int, checkout: Path, state: Path, env: dict, repeat: int,
+                 plain_masters: Path | None) -> dict:
+    """One size: the first converge (not measured), then the sides interleaved;
+    ansible-playbook's masters in ``plain_masters``, closed after each of its runs, if
+    given."""
     commands, hosts = commands_for(checkout, state), host_names(size)
+    plain_env = env | ({"ANSIBLE_SSH_CONTROL_PATH_DIR": str(plain_masters)} if plain_masters
+                       else {})
     print(f"{size} hosts: first converge (not measured) ...", file=sys.stderr, flush=True)
     expect("first converge", measure(commands[PUSH], checkout, env), (0, 2), "hosts")
 
@@ -164,10 +180,15 @@ def measure_size(size: int, checkout: Path, state: Path, env: dict, repeat: int)
             own.unlink()
             return sample
         return run
+    def plain():
+        sample = expect(PLAIN, measure(commands[PLAIN], checkout, plain_env), (0,),
+                        "PLAY RECAP")
+        if plain_masters:
+            close_masters(plain_masters)
+        return unchanged_recap(sample, hosts)
     sides = {  # the reference in the middle: next to each push in every round
         PUSH: push(PUSH),
-        PLAIN: lambda: unchanged_recap(expect(
-            PLAIN, measure(commands[PLAIN], checkout, env), (0,), "PLAY RECAP"), hosts),
+        PLAIN: plain,
         PUSH_OFF: push(PUSH_OFF)}
     return {"samples": alternate(sides, repeat), "commands": commands}
 
@@ -204,17 +225,20 @@ def main() -> None:
         tmp = Path(tmp)
         control_dir = tmp / "cp"
         control_dir.mkdir()
-        env = dict(bench_env(tmp), ANSIBLE_SSH_CONTROL_PATH_DIR=str(control_dir),
-                   BENCH_OWN_CPU=str(tmp / "own-cpu"),
-                   ANSIBLE_SSH_ARGS=f"{ANSIBLE_SSH_ARGS} -o ControlPersist={MASTERS_PERSIST}")
+        env = dict(bench_env(tmp), BENCH_OWN_CPU=str(tmp / "own-cpu"))
+        if args.connections == "kept":
+            env.update(ANSIBLE_SSH_CONTROL_PATH_DIR=str(control_dir), ANSIBLE_SSH_ARGS=(
+                f"{ANSIBLE_SSH_ARGS} -o ControlPersist={MASTERS_PERSIST}"))
+        print(f"SSH connections: {args.connections}", file=sys.stderr)
         try:
             with HostLab(tmp / "lab", host_names(max(args.sizes)), prefix="gatbench",
                          subnet="198.18.7") as lab:
                 for size in args.sizes:
                     checkout = tmp / f"checkout-{size}"
                     build_checkout(checkout, lab, size)
-                    results[size] = measure_size(size, checkout, tmp / f"state-{size}", env,
-                                                 args.repeat)
+                    results[size] = measure_size(
+                        size, checkout, tmp / f"state-{size}", env, args.repeat,
+                        control_dir if args.connections == "fresh" else None)
         finally:
             close_masters(control_dir)
     summary = {}
@@ -224,7 +248,8 @@ def main() -> None:
         cpu = {side: cpu_figures(samples, size, side) for side in (PUSH, PUSH_OFF)}
         summary[size] = cpu
         print(f"\n== {size} hosts: {', '.join(host_names(size))}")
-        report(f"push_overhead_{size}", rows, PUSH, PLAIN, f"<={GOAL}",
+        name = "push_overhead" + ("_fresh" if args.connections == "fresh" else "")
+        report(f"{name}_{size}", rows, PUSH, PLAIN, f"<={GOAL}",
                lambda ratio: ratio <= GOAL,
                {name: [str(a) for a in argv] for name, argv in found["commands"].items()}
                | {"cwd": "the checkout", "hosts": host_names(size)},
@@ -253,7 +278,8 @@ def main() -> None:
                 print(f"line through the sizes, {side}: {label} = {fit['fixed s']:.2f} s + "
                       f"{fit['per host s']:.3f} s x hosts")
     met = all(cpu[PUSH]["cpu ratio (per-round median)"] <= CPU_GOAL for cpu in summary.values())
-    print(f"RESULT name=push_overhead_cpu sizes={','.join(map(str, summary))} "
+    print(f"RESULT name=push_overhead_cpu connections={args.connections} "
+          f"sizes={','.join(map(str, summary))} "
           f"goal=cpu<={CPU_GOAL} met={'yes' if met else 'no'}")
 
 
