@@ -354,20 +354,29 @@ def test_a_changed_file_restarts_the_service_that_reads_it_once(cli, estate, hos
 def test_preflight_connections_are_the_ones_ansible_then_uses(host_lab, settings_for, tmp_path):
     """Before a run, each host's pre-flight connection stays open as the master connection
     that Ansible's ssh then uses: Ansible opens none of its own, and the end of the run
-    closes them. The failures OpenSSH reports are told apart; a paramiko target is checked
-    with paramiko, the client Ansible uses for it."""
+    closes them. The check goes where Ansible's ssh goes (a host behind a bastion, through
+    its ProxyCommand). The failures OpenSSH reports are told apart; a paramiko target is
+    checked with paramiko, the client Ansible uses for it."""
     from gitops_ansible.execute import ANSIBLE_SSH_ARGS, control_dir, orphans, stop_leftovers
     from gitops_ansible.inventory import CONNECTION_VARS, Inventory, Target
     from gitops_ansible.preflight import Masters, check_hosts
 
     run_id = f"test-{hashlib.sha1(str(tmp_path).encode()).hexdigest()[:12]}"
     conn = {k: v for k, v in host_lab.inventory_vars().items() if k in CONNECTION_VARS}
-    addresses = {name: host.address for name, host in host_lab.hosts.items()}
+    direct = {name: {**conn, "ansible_host": host.address}
+              for name, host in host_lab.hosts.items()}
+    # db-1 by a name only the bastion (web-1) could resolve: reached through it alone
+    bastion, behind = host_lab.hosts["web-1"].address, host_lab.hosts["db-1"].address
+    jump = (f"ssh -o BatchMode=yes -o IdentitiesOnly=yes -i {conn['ansible_ssh_private_key_file']}"
+            f" -o UserKnownHostsFile={host_lab.known_hosts} -W {behind}:22 root@{bastion}")
+    proxied = {**direct, "db-1": {**direct["db-1"], "ansible_host": "db-1.behind.bastion",
+                                  "ansible_ssh_common_args": (
+                                      f"{conn['ansible_ssh_common_args']} -o HostKeyAlias="
+                                      f"{behind} -o 'ProxyCommand={jump}'")}}
 
-    def inventory(**more) -> Inventory:
-        return Inventory("lab", tmp_path, {n: Target(n, "baremetal", {**conn, "ansible_host": a,
-                                                                     **more})
-                                           for n, a in addresses.items()}, set())
+    def inventory(hosts: dict, **more) -> Inventory:
+        return Inventory("lab", tmp_path, {n: Target(n, "baremetal", {**v, **more})
+                                           for n, v in hosts.items()}, set())
 
     def sockets() -> set[str]:
         return {p.name for p in directory.iterdir() if p.is_socket()}
@@ -376,13 +385,16 @@ def test_preflight_connections_are_the_ones_ansible_then_uses(host_lab, settings
     args = f"{ANSIBLE_SSH_ARGS} -o ServerAliveInterval=15 -o ServerAliveCountMax=4"
     masters = Masters(args, directory)
     try:
-        checks = check_hosts(inventory(), settings, masters)
-        assert {c.host: c.status for c in checks} == dict.fromkeys(addresses, "ok"), checks
+        checks = check_hosts(inventory(proxied), settings, masters)
+        assert {c.host: c.status for c in checks} == dict.fromkeys(proxied, "ok"), checks
         opened = sockets()
-        assert opened == {Path(masters.path(a, None, "root")).name for a in addresses.values()}
-        assert len(orphans(run_id)) == len(addresses)
+        assert opened == {Path(masters.path(v["ansible_host"], None, "root")).name
+                          for v in proxied.values()}
+        assert len(orphans(run_id)) == len(proxied)
 
-        (tmp_path / "hosts.yml").write_text(yaml.safe_dump(host_lab.inventory()))
+        python = {"ansible_python_interpreter": "/usr/bin/python3"}
+        (tmp_path / "hosts.yml").write_text(yaml.safe_dump({"all": {"hosts": {
+            n: {**v, **python} for n, v in proxied.items()}}}))
         env = {**os.environ, "ANSIBLE_SSH_ARGS": args, "ANSIBLE_SSH_CONTROL_PATH_DIR":
                str(directory), "ANSIBLE_HOST_KEY_CHECKING": "True"}
         ping = subprocess.run([str(Path(sys.executable).parent / "ansible"), "all", "-i",
@@ -392,7 +404,7 @@ def test_preflight_connections_are_the_ones_ansible_then_uses(host_lab, settings
         assert sockets() == opened  # Ansible's ssh went through the pre-flight's masters
     finally:
         stopped = stop_leftovers(run_id, grace=5.0)
-    assert len(stopped) == len(addresses) and not orphans(run_id) and not directory.exists()
+    assert len(stopped) == len(proxied) and not orphans(run_id) and not directory.exists()
 
     stranger = tmp_path / "stranger"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)],
@@ -404,7 +416,8 @@ def test_preflight_connections_are_the_ones_ansible_then_uses(host_lab, settings
         cases = {"ok": {}, "auth-failed": {"ansible_ssh_private_key_file": str(stranger)},
                  "host-key-unknown": {"ansible_ssh_common_args": unknown}}
         for status, more in cases.items():
-            checks = check_hosts(inventory(ansible_connection=connection, **more), settings)
+            checks = check_hosts(inventory(direct, ansible_connection=connection, **more),
+                                 settings)
             assert {c.status for c in checks} == {status}, (connection, checks)
             if status == "host-key-unknown":
                 assert all(str(empty) in c.detail for c in checks), checks
