@@ -331,7 +331,8 @@ def fault_defaults(plan, config: configparser.ConfigParser, run_id: str) -> dict
     args = os.environ.get("ANSIBLE_SSH_ARGS") or _option(config, "ssh_connection",
                                                          "ssh_args") or ANSIBLE_SSH_ARGS
     if plan.ssh_keepalive and "serveraliveinterval" not in args.lower():
-        args += f" -o ServerAliveInterval={plan.ssh_keepalive} -o ServerAliveCountMax={KEEPALIVE_COUNT}"
+        args += (f" -o ServerAliveInterval={plan.ssh_keepalive}"
+                 f" -o ServerAliveCountMax={KEEPALIVE_COUNT}")
     env["ANSIBLE_SSH_ARGS"] = args  # what Ansible would use, said (the pre-flight reads it)
     return env
 
