@@ -105,8 +105,9 @@ def check_target(target, default_known_hosts: str | None, timeout: float,
         command += ["-o", f"Port={port}"]
     if key := conn.get("ansible_ssh_private_key_file"):
         command += ["-o", f"IdentityFile={Path(key).expanduser()}"]
-    command += ["-o", "KbdInteractiveAuthentication=no", "-o", "PreferredAuthentications="
-                "gssapi-with-mic,gssapi-keyex,hostbased,publickey", "-o", "PasswordAuthentication=no"]
+    command += ["-o", "KbdInteractiveAuthentication=no",
+                "-o", "PreferredAuthentications=gssapi-with-mic,gssapi-keyex,hostbased,publickey",
+                "-o", "PasswordAuthentication=no"]
     if user := conn.get("ansible_user"):
         command += ["-o", f"User={user}"]
     command += shlex.split(args)
