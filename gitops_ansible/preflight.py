@@ -111,8 +111,8 @@ def check_target(target, default_known_hosts: str | None, timeout: float,
     if user := conn.get("ansible_user"):
         command += ["-o", f"User={user}"]
     command += shlex.split(args)
-    if masters and "controlpath" not in " ".join(command).lower() and \
-            "controlpersist" in masters.args.lower():
+    said = " ".join(command).lower()  # as Ansible looks: anywhere in its command
+    if masters and "controlpersist" in said and "controlpath" not in said:
         command += ["-o", f"ControlPath={masters.path(address, port, user)}"]
     try:
         done = subprocess.run([*command, "--", address, "true"], stdin=subprocess.DEVNULL,
