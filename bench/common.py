@@ -53,6 +53,13 @@ def bench_env(tmp: Path) -> dict:
     return env
 
 
+def close_masters(control_dir: Path) -> None:
+    """Stop the SSH ControlPersist masters the runs left behind (ours, by their sockets)."""
+    for sock in control_dir.glob("*"):
+        subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "bench"],
+                       capture_output=True, timeout=10)
+
+
 def _kill_group(pid: int) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)

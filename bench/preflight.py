@@ -24,29 +24,28 @@ the masters); and the pre-flight's net cost (its CPU - what it saves). Goal: net
 The RESULT is the median over rounds of (pre-flight + ping through its masters), less the
 median ping alone. `ansible`'s CPU varies by a few tenths of a second from run to run, about
 the size of the net cost: so it also times single ssh clients to the first host,
-alternating, 20 each: one that opens the connection (and its master) and runs `true`, and
-one that runs `true` through an open master. Their difference is what a master saves the
-ssh client alone; Ansible saves more (its connection plugin's own work while a master
-starts).
+alternating, 20 each: the pre-flight's check (preflight.check_target) that opens the
+connection (and its master) and runs `true`, and the same check through the open master.
+Their difference is what a master saves the ssh client alone; Ansible saves more (its
+connection plugin's own work while a master starts).
 """
 from __future__ import annotations
 
 import argparse
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import yaml
 
-from common import ROOT, VENV_BIN, bench_env, expect, measure
+from common import ROOT, VENV_BIN, bench_env, close_masters, expect, measure
 
 sys.path.insert(0, str(ROOT))
 from gitops_ansible.execute import ANSIBLE_SSH_ARGS, KEEPALIVE_COUNT  # noqa: E402
 from gitops_ansible.inventory import CONNECTION_VARS, Inventory, Target  # noqa: E402
-from gitops_ansible.preflight import Masters, check_hosts  # noqa: E402
+from gitops_ansible.preflight import Masters, check_hosts, check_target  # noqa: E402
 from lab.hosts import HostLab, unavailable_reason  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
 
@@ -69,24 +68,22 @@ def cpu() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def close_masters(directory: Path) -> None:
-    for sock in directory.glob("*"):
-        subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "bench"],
-                       capture_output=True, timeout=10)
+def ssh_costs(target: Target, settings, directory: Path, count: int = 20) -> tuple[float, float]:
+    """Median CPU (this process and its ssh client) of the pre-flight's check of one target
+    that opens a connection (a master), and of the same check through that master,
+    alternating."""
+    masters = Masters(ARGS, directory)
 
-
-def ssh_costs(conn: dict, address: str, directory: Path, count: int = 20) -> tuple[float, float]:
-    """Median CPU of an ssh client that opens a connection (a master) and runs `true`, and of
-    one that runs `true` through that master, alternating."""
-    path = directory / "cost"
-    argv = ["ssh", "-o", "BatchMode=yes", *ARGS.split(), "-o", f"ControlPath={path}",
-            "-o", f"IdentityFile={conn['ansible_ssh_private_key_file']}",
-            "-o", f"User={conn['ansible_user']}", *conn["ansible_ssh_common_args"].split(),
-            address, "true"]
+    def check() -> float:
+        before = cpu()
+        found = check_target(target, settings.known_hosts, settings.preflight_timeout, masters)
+        if not found.ok:
+            sys.exit(f"ssh costs: the pre-flight failed: {found}")
+        return cpu() - before
     opening, through = [], []
     for _ in range(count):
-        for found in (opening, through):
-            found.append(expect("ssh true", measure(argv, directory, None), (0,), "").cpu)
+        opening.append(check())
+        through.append(check())
         close_masters(directory)
     return statistics.median(opening), statistics.median(through)
 
@@ -153,7 +150,7 @@ def main() -> None:
                 if round_no:
                     rounds[name].append(found)
         (tmp / "cp-costs").mkdir()
-        opening, through = ssh_costs(conn, lab.hosts[names[0]].address, tmp / "cp-costs")
+        opening, through = ssh_costs(inventory().targets[names[0]], settings, tmp / "cp-costs")
     imported = paramiko_import()
     alone = statistics.median(r["ping"] for r in rounds[ALONE])
     print(f"\n== {args.hosts} hosts, {args.repeat} rounds: CPU s, median of rounds "
@@ -169,10 +166,10 @@ def main() -> None:
               f"{net:>9.3f} {net / args.hosts:>9.4f}")
     check = statistics.median(r["check"] for r in rounds[OPENSSH]) / args.hosts
     saved = opening - through
-    print(f"\none ssh client, median of 20: opening the connection {opening * 1000:.1f} ms, "
-          f"through its master {through * 1000:.1f} ms: Ansible saves {saved * 1000:.1f} ms "
+    print(f"\none host's check, median of 20: opening the connection {opening * 1000:.1f} ms, "
+          f"through its master {through * 1000:.1f} ms: a master saves {saved * 1000:.1f} ms "
           f"a host;\nthe pre-flight costs {check * 1000:.1f} ms a host (its ssh clients and "
-          f"this process): {(check - saved) * 1000:+.1f} ms a host against the ssh client alone")
+          f"this process): {(check - saved) * 1000:+.1f} ms a host against one check alone")
     net = statistics.median(r["check"] + r["ping"] for r in rounds[OPENSSH]) - alone
     print(f"RESULT name=preflight_net_cpu hosts={args.hosts} net_s={net:.3f} "
           f"goal=<=0 met={'yes' if net <= 0 else 'no'}")

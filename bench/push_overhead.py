@@ -58,7 +58,8 @@ from pathlib import Path
 
 import yaml
 
-from common import ROOT, VENV_BIN, alternate, bench_env, expect, measure, report, summarize
+from common import (ROOT, VENV_BIN, alternate, bench_env, close_masters, expect, measure, report,
+                    summarize)
 
 sys.path.insert(0, str(ROOT))
 from lab.hosts import HostLab, unavailable_reason  # noqa: E402
@@ -142,13 +143,6 @@ def unchanged_recap(sample, hosts: list[str]):
             int(n) for _, *counts in recap for n in counts):
         sys.exit(f"ansible-playbook: not a no-op on {hosts}:\n{sample.output[-4000:]}")
     return sample
-
-
-def close_masters(control_dir: Path) -> None:
-    """Stop the SSH ControlPersist masters the runs left behind (ours, by their sockets)."""
-    for sock in control_dir.glob("*"):
-        subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "bench"],
-                       capture_output=True, timeout=10)
 
 
 def commands_for(checkout: Path, state: Path) -> dict[str, list]:
@@ -241,17 +235,16 @@ def main() -> None:
                         control_dir if args.connections == "fresh" else None)
         finally:
             close_masters(control_dir)
-    summary = {}
+    summary, name = {}, "push_overhead" + ("_fresh" if args.connections == "fresh" else "")
     for size, found in results.items():
         samples = found["samples"]
         rows = {name: summarize(s) for name, s in samples.items()}
         cpu = {side: cpu_figures(samples, size, side) for side in (PUSH, PUSH_OFF)}
         summary[size] = cpu
         print(f"\n== {size} hosts: {', '.join(host_names(size))}")
-        name = "push_overhead" + ("_fresh" if args.connections == "fresh" else "")
         report(f"{name}_{size}", rows, PUSH, PLAIN, f"<={GOAL}",
                lambda ratio: ratio <= GOAL,
-               {name: [str(a) for a in argv] for name, argv in found["commands"].items()}
+               {side: [str(a) for a in argv] for side, argv in found["commands"].items()}
                | {"cwd": "the checkout", "hosts": host_names(size)},
                {f"{side} / {PLAIN}": figures for side, figures in cpu.items()})
     print("\n== extra controller CPU over ansible-playbook (median of rounds, s)")

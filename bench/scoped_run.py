@@ -43,8 +43,8 @@ from pathlib import Path
 
 import yaml
 
-from common import ROOT, VENV_BIN, alternate, bench_env, expect, measure, parse_args, report, \
-    summarize
+from common import (ROOT, VENV_BIN, alternate, bench_env, close_masters, expect, measure,
+                    parse_args, report, summarize)
 
 sys.path.insert(0, str(ROOT))
 from lab.hosts import HostLab, unavailable_reason  # noqa: E402
@@ -210,13 +210,6 @@ def cpu_ratios(samples: dict) -> dict:
     """full / scoped CPU, round by round (the two ran back to back)."""
     found = [f.cpu / s.cpu for f, s in zip(samples[FULL], samples[SCOPED], strict=True)]
     return {"per-round median": statistics.median(found), "min": min(found), "max": max(found)}
-
-
-def close_masters(control_dir: Path) -> None:
-    """Stop the SSH ControlPersist masters the runs left behind (ours, by their sockets)."""
-    for sock in control_dir.glob("*"):
-        subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "bench"],
-                       check=False, capture_output=True, timeout=10)
 
 
 def main() -> None:
